@@ -1,0 +1,360 @@
+"""Tests for flexavatar.video on real media from ../shared/media (no network, ~10 s)."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flexavatar.errors import InvalidInputError
+from flexavatar.video import (
+    VideoWriter,
+    ffmpeg_exe,
+    has_audio_stream,
+    iter_frames,
+    load_image,
+    mux_audio,
+    probe_video,
+    read_image,
+    write_mp4,
+)
+
+# ------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------
+
+
+def ffmpeg(*args: str) -> None:
+    """Run the bundled ffmpeg quietly (test media generation); fail loudly on errors."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]
+    subprocess.run(cmd, check=True, timeout=60, capture_output=True)
+
+
+def ffmpeg_info(path: Path) -> str:
+    """``ffmpeg -i`` stderr: stream descriptions (codec, pixel format, size)."""
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True, timeout=60
+    )
+    return proc.stderr
+
+
+def audio_seconds(path: Path, rate: int = 48000) -> float:
+    """Duration of the first audio stream, by decoding it to mono s16 PCM and counting samples."""
+    cmd = [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(path), "-map", "0:a:0"]
+    cmd += ["-ac", "1", "-ar", str(rate), "-f", "s16le", "pipe:1"]
+    pcm = subprocess.run(cmd, check=True, capture_output=True, timeout=60).stdout
+    return len(pcm) / 2 / rate
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """Types of the top-level ISO-BMFF boxes in file order (4-byte size + 4-byte type each)."""
+    boxes = []
+    data = path.read_bytes()
+    pos = 0
+    while pos + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if size == 1:  # 64-bit "largesize" follows the type
+            size = struct.unpack(">Q", data[pos + 8 : pos + 16])[0]
+        elif size == 0:  # box extends to the end of the file
+            size = len(data) - pos
+        assert size >= 8, f"corrupt box at offset {pos}"
+        boxes.append(kind.decode("latin-1"))
+        pos += size
+    assert pos == len(data), "boxes do not tile the file"
+    return boxes
+
+
+def assert_faststart(path: Path) -> None:
+    boxes = top_level_boxes(path)
+    assert "moov" in boxes and "mdat" in boxes, boxes
+    assert boxes.index("moov") < boxes.index("mdat"), f"moov after mdat: {boxes}"
+
+
+# ------------------------------------------------------------------------------------------
+# fixtures
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single_face(shared_media: Path) -> Path:
+    return shared_media / "single_face.mp4"
+
+
+@pytest.fixture(scope="module")
+def frames(single_face: Path) -> list[np.ndarray]:
+    return list(iter_frames(single_face))
+
+
+@pytest.fixture(scope="module")
+def roundtrip(tmp_path_factory, frames) -> Path:
+    """single_face's 72 frames re-encoded at 30 fps, no audio."""
+    return write_mp4(tmp_path_factory.mktemp("roundtrip") / "roundtrip.mp4", frames, fps=30)
+
+
+@pytest.fixture(scope="module")
+def sine_clip(tmp_path_factory, single_face: Path) -> Path:
+    """single_face.mp4's video + a 5 s 440 Hz sine: the audio outlasts the 2.4 s video."""
+    out = tmp_path_factory.mktemp("sine") / "sine_clip.mp4"
+    ffmpeg(
+        "-i", str(single_face), "-f", "lavfi", "-i", "sine=frequency=440:duration=5",
+        "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", str(out),
+    )  # fmt: skip
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# probe / decode
+# ------------------------------------------------------------------------------------------
+
+
+def test_probe_single_face(single_face: Path):
+    info = probe_video(single_face)
+    assert info.fps == pytest.approx(30.0)
+    assert info.frame_count == 72 and info.frame_count_exact
+    assert (info.width, info.height) == (640, 360)
+    assert info.codec == "h264"
+    assert info.duration_s == pytest.approx(2.4, abs=0.1)
+    assert info.has_audio  # the file carries an mp3 track
+    assert has_audio_stream(single_face)
+
+
+def test_probe_mov_hevc(shared_media: Path):
+    info = probe_video(shared_media / "face_noface.mov")
+    assert (info.width, info.height) == (960, 540)
+    assert info.codec == "hevc"
+    assert info.frame_count > 100
+
+
+def test_frame_count_matches_decoded_frames(shared_media: Path):
+    # no_face.mp4 has an edit list that drops 3 leading packets: 98 packets, 95 frames shown.
+    for name in ("no_face.mp4", "face_noface.mov"):
+        info = probe_video(shared_media / name)
+        assert info.frame_count == sum(1 for _ in iter_frames(info.path, size=64)), name
+
+
+def test_iter_frames_all(single_face: Path, frames):
+    assert len(frames) == 72
+    assert all(f.shape == (360, 640, 3) and f.dtype == np.uint8 for f in frames)
+    frames[0][0, 0] = 0  # frames are writable arrays, not views of a read-only buffer
+
+
+def test_iter_frames_max_frames_and_size(shared_media: Path):
+    mov = shared_media / "face_noface.mov"
+    got = list(iter_frames(mov, max_frames=5))
+    assert len(got) == 5 and got[0].shape == (540, 960, 3)
+    assert [f.shape for f in iter_frames(mov, max_frames=2, size=(320, 180))] == [(180, 320, 3)] * 2
+    assert next(iter(iter_frames(mov, max_frames=1, size=480))).shape == (270, 480, 3)
+    assert list(iter_frames(mov, max_frames=0)) == []
+
+
+def test_iter_frames_early_break_is_clean(single_face: Path):
+    gen = iter_frames(single_face)
+    first = next(gen)
+    gen.close()  # kills ffmpeg; must not hang or raise
+    assert first.shape == (360, 640, 3)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "codec_args"),
+    [(".webm", ["-c:v", "libvpx", "-b:v", "500k"]), (".avi", ["-c:v", "mjpeg", "-q:v", "5"])],
+)
+def test_other_containers(tmp_path: Path, single_face: Path, suffix: str, codec_args: list[str]):
+    clip = tmp_path / f"clip{suffix}"
+    ffmpeg("-i", str(single_face), "-frames:v", "10", "-vf", "scale=160:90", "-an", *codec_args, str(clip))
+    info = probe_video(clip)
+    assert (info.width, info.height) == (160, 90)
+    assert info.frame_count == 10
+    got = list(iter_frames(clip))
+    assert len(got) == 10 and got[0].shape == (90, 160, 3)
+
+
+# ------------------------------------------------------------------------------------------
+# encode
+# ------------------------------------------------------------------------------------------
+
+
+def test_write_mp4_roundtrip(roundtrip: Path, frames):
+    info = probe_video(roundtrip)
+    assert info.frame_count == 72 and info.fps == pytest.approx(30.0)
+    assert (info.width, info.height) == (640, 360)
+    assert not info.has_audio
+    stream = next(line for line in ffmpeg_info(roundtrip).splitlines() if "Video:" in line)
+    assert "h264" in stream and "yuv420p" in stream and "bt709" in stream
+    assert_faststart(roundtrip)
+    decoded = list(iter_frames(roundtrip))
+    assert len(decoded) == 72
+    # CRF 18 is near-lossless: mean absolute error of a few grey levels at most.
+    err = np.abs(decoded[36].astype(np.int16) - frames[36].astype(np.int16)).mean()
+    assert err < 3.0, err
+
+
+def test_odd_size_frames_are_padded(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    frame = np.repeat(np.linspace(0, 255, 101, dtype=np.uint8)[None, :, None], 75, axis=0).repeat(3, axis=2)
+    frames = [np.roll(frame, i, axis=1) for i in range(8)] + [rng.integers(0, 255, (75, 101, 3), np.uint8)]
+    out = write_mp4(tmp_path / "odd.mp4", frames, fps=24)
+    info = probe_video(out)
+    assert (info.width, info.height) == (102, 76) and info.frame_count == 9
+    decoded = list(iter_frames(out))
+    assert len(decoded) == 9 and decoded[0].shape == (76, 102, 3)
+    # The padded column/row replicates the edge, so it matches the last real column/row.
+    first = decoded[0].astype(np.int16)
+    assert np.abs(first[:75, 101] - first[:75, 100]).mean() < 6
+    assert_faststart(out)
+
+
+def test_audio_is_muxed_and_trimmed(tmp_path: Path, frames, sine_clip: Path):
+    assert audio_seconds(sine_clip) == pytest.approx(5.0, abs=0.1)  # longer than the video
+    out = write_mp4(tmp_path / "with_audio.mp4", frames, fps=30, audio_from=sine_clip)
+    info = probe_video(out)
+    assert info.has_audio and info.frame_count == 72
+    assert "Audio: aac" in ffmpeg_info(out)
+    assert audio_seconds(out) == pytest.approx(72 / 30, abs=0.1)
+    assert_faststart(out)  # the -c:v copy mux pass keeps +faststart
+
+
+def test_audio_window_and_separate_mux(tmp_path: Path, frames, roundtrip: Path, sine_clip: Path):
+    out = tmp_path / "short_audio.mp4"
+    with VideoWriter(out, 30, audio_from=sine_clip, audio_offset_s=3.0, audio_duration_s=1.0) as writer:
+        writer.write_many(frames[:60])
+    assert audio_seconds(out) == pytest.approx(1.0, abs=0.1)
+    assert probe_video(out).frame_count == 60
+
+    muxed = mux_audio(roundtrip, sine_clip, tmp_path / "muxed.mp4")
+    assert probe_video(muxed).frame_count == 72
+    assert audio_seconds(muxed) == pytest.approx(2.4, abs=0.1)
+    assert_faststart(muxed)
+
+
+def test_audio_from_file_without_audio_is_ignored(tmp_path: Path, frames, roundtrip: Path):
+    out = write_mp4(tmp_path / "silent.mp4", frames[:10], fps=30, audio_from=roundtrip)
+    assert not probe_video(out).has_audio
+    with pytest.raises(InvalidInputError, match="no audio stream"):
+        mux_audio(out, roundtrip, tmp_path / "x.mp4")
+
+
+def test_writer_exception_leaves_nothing(tmp_path: Path, frames, sine_clip: Path):
+    out_dir = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="boom"):
+        with VideoWriter(out_dir / "partial.mp4", 30, audio_from=sine_clip) as writer:
+            writer.write_many(frames[:10])
+            raise RuntimeError("boom")
+    assert list(out_dir.iterdir()) == []  # neither the final file nor a temporary one
+
+
+def test_writer_failures_leave_nothing_and_keep_existing_file(tmp_path: Path, frames):
+    existing = tmp_path / "keep.mp4"
+    existing.write_bytes(b"previous result")
+    with pytest.raises(ValueError, match="size of the first"):
+        with VideoWriter(existing, 30) as writer:
+            writer.write(frames[0])
+            writer.write(frames[0][:100])  # wrong size
+    with pytest.raises(ValueError, match="uint8"):
+        write_mp4(existing, [frames[0].astype(np.float32)], fps=30)
+    with pytest.raises(ValueError, match="no frames"):
+        write_mp4(existing, [], fps=30)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.mp4"]
+    assert existing.read_bytes() == b"previous result"
+
+
+# ------------------------------------------------------------------------------------------
+# bad video input
+# ------------------------------------------------------------------------------------------
+
+
+def test_video_errors(tmp_path: Path):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    with pytest.raises(InvalidInputError, match=r"'empty\.mp4' is empty"):
+        probe_video(empty)
+    with pytest.raises(InvalidInputError, match="empty"):
+        iter_frames(empty)  # raised by the call itself, not on first next()
+
+    with pytest.raises(InvalidInputError, match=r"'missing\.mp4' was not found"):
+        probe_video(tmp_path / "missing.mp4")
+
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video")
+    with pytest.raises(InvalidInputError, match=r"'notes\.mp4' is not a decodable video.*upload an MP4"):
+        probe_video(text)
+
+    audio_only = tmp_path / "voice.m4a"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=0.5", str(audio_only))
+    with pytest.raises(InvalidInputError, match=r"'voice\.m4a' contains no video stream"):
+        probe_video(audio_only)
+    assert has_audio_stream(audio_only)
+
+
+# ------------------------------------------------------------------------------------------
+# images
+# ------------------------------------------------------------------------------------------
+
+
+def test_read_image_grayscale_and_downscale(shared_media: Path):
+    path = shared_media / "BWPictureHuman.jpg"
+    full = read_image(path, max_side=None)
+    assert full.shape == (1912, 2560, 3) and full.dtype == np.uint8
+    assert np.array_equal(full[..., 0], full[..., 1]) and np.array_equal(full[..., 1], full[..., 2])
+
+    small = load_image(path, max_side=1024)
+    assert small.downscaled and small.source_size == (2560, 1912)
+    assert small.image.shape == (765, 1024, 3)
+
+    astro = load_image(shared_media / "astronaut.png")  # 512 px: default max_side keeps it
+    assert astro.image.shape == (512, 512, 3) and not astro.downscaled
+
+
+def test_read_image_text_renamed_png(tmp_path: Path):
+    fake = tmp_path / "holiday.png"
+    fake.write_text("definitely not a PNG")
+    with pytest.raises(
+        InvalidInputError, match=r"holiday\.png is not a readable image .*upload a JPEG or PNG"
+    ):
+        read_image(fake)
+    with pytest.raises(InvalidInputError, match="not found"):
+        read_image(tmp_path / "nope.jpg")
+    (tmp_path / "zero.jpg").touch()
+    with pytest.raises(InvalidInputError, match="empty"):
+        read_image(tmp_path / "zero.jpg")
+
+
+def test_read_image_truncated_jpeg(tmp_path: Path, shared_media: Path):
+    data = (shared_media / "single_face.jpg").read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidInputError, match=r"cut\.jpg is not a readable image"):
+        read_image(cut)
+
+
+def test_read_image_exif_alpha_16bit(tmp_path: Path):
+    # EXIF orientation 6 (rotate 90 degrees clockwise): stored 40x20 -> shown 20x40.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20), (10, 200, 30)).save(tmp_path / "rot.jpg", exif=exif)
+    rotated = load_image(tmp_path / "rot.jpg")
+    assert rotated.image.shape == (40, 20, 3) and rotated.source_size == (20, 40)
+
+    # RGBA: fully transparent pixels become white, opaque ones keep their colour.
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:4] = (255, 0, 0, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    for source in (tmp_path / "cutout.png", rgba):
+        img = read_image(source)
+        assert img.shape == (8, 8, 3)
+        assert tuple(img[0, 0]) == (255, 0, 0) and tuple(img[7, 7]) == (255, 255, 255)
+
+    # 16-bit grayscale PNG -> 8-bit RGB.
+    gray16 = np.full((6, 9), 65535, np.uint16)
+    gray16[:, :3] = 257 * 100
+    Image.fromarray(gray16).save(tmp_path / "deep.png")
+    img = read_image(tmp_path / "deep.png")
+    assert img.shape == (6, 9, 3) and img.dtype == np.uint8
+    assert tuple(img[0, 0]) == (100, 100, 100) and tuple(img[0, 8]) == (255, 255, 255)
+
+    # PIL images and float arrays in [0, 1] are accepted too.
+    assert read_image(Image.new("L", (5, 3), 128)).shape == (3, 5, 3)
+    assert read_image(np.ones((4, 4, 3), np.float32))[0, 0, 0] == 255
