@@ -43,3 +43,14 @@ def atlas128(head):
     from flexavatar.head import UVAtlas
 
     return UVAtlas.for_head(head, 128)
+
+
+@pytest.fixture(scope="session")
+def untrained_model():
+    """The cpu-s network with its initial (untrained) weights, seeded."""
+    import torch
+
+    from flexavatar.model import FlexAvatarModel
+
+    torch.manual_seed(0)
+    return FlexAvatarModel().eval()

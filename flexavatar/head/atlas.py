@@ -140,12 +140,16 @@ class UVAtlas(nn.Module):
         super().__init__()
         built = _build_atlas(npz_path, resolution)
         self.resolution = resolution
-        self.register_buffer("mask", torch.from_numpy(built["mask"]))
-        self.register_buffer("texel_index", torch.from_numpy(built["texel_index"]))
-        self.register_buffer("texel_triangle", torch.from_numpy(built["triangle"]))
-        self.register_buffer("texel_vertices", triangles.cpu()[torch.from_numpy(built["triangle"])].clone())
-        self.register_buffer("barycentric", torch.from_numpy(built["barycentric"]))
-        self.register_buffer("region", torch.from_numpy(built["region"]))
+        tensors = {
+            "mask": torch.from_numpy(built["mask"]),
+            "texel_index": torch.from_numpy(built["texel_index"]),
+            "texel_triangle": torch.from_numpy(built["triangle"]),
+            "texel_vertices": triangles.cpu()[torch.from_numpy(built["triangle"])].clone(),
+            "barycentric": torch.from_numpy(built["barycentric"]),
+            "region": torch.from_numpy(built["region"]),
+        }
+        for name, tensor in tensors.items():  # derived from the head asset: never saved
+            self.register_buffer(name, tensor, persistent=False)
         self.to(triangles.device)
 
     @classmethod

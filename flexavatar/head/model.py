@@ -55,20 +55,17 @@ class ICTHead(nn.Module):
         self.num_identity = num_identity
         self.num_vertices = arrays["neutral"].shape[0]
         v3 = self.num_vertices * 3
-        self.register_buffer("neutral", torch.from_numpy(arrays["neutral"].astype(np.float32) * CM_TO_M))
-        self.register_buffer(
-            "identity_basis",
-            torch.from_numpy(arrays["identity_deltas"][:num_identity].astype(np.float32).reshape(-1, v3) * CM_TO_M),
-        )
-        self.register_buffer(
-            "expression_basis",
-            torch.from_numpy(arrays["expression_deltas"].astype(np.float32).reshape(-1, v3) * CM_TO_M),
-        )
-        self.register_buffer("triangles", torch.from_numpy(arrays["triangles"].astype(np.int64)))
-        self.register_buffer("vertex_region", torch.from_numpy(arrays["vertex_region"].astype(np.int64)))
-        self.register_buffer(
-            "landmarks_multipie68", torch.from_numpy(arrays["landmarks_multipie68"].astype(np.int64))
-        )
+        # Non-persistent: the head comes from its asset file, never from a model checkpoint.
+        tensors = {
+            "neutral": arrays["neutral"].astype(np.float32) * CM_TO_M,
+            "identity_basis": arrays["identity_deltas"][:num_identity].astype(np.float32).reshape(-1, v3) * CM_TO_M,
+            "expression_basis": arrays["expression_deltas"].astype(np.float32).reshape(-1, v3) * CM_TO_M,
+            "triangles": arrays["triangles"].astype(np.int64),
+            "vertex_region": arrays["vertex_region"].astype(np.int64),
+            "landmarks_multipie68": arrays["landmarks_multipie68"].astype(np.int64),
+        }
+        for name, array in tensors.items():
+            self.register_buffer(name, torch.from_numpy(array), persistent=False)
         self.expression_names = ICT_EXPRESSION_NAMES
         self.region_names = tuple(str(n) for n in arrays["region_names"])
 

@@ -1,0 +1,206 @@
+"""FlexAvatarModel: 1-4 crops -> Avatar (encode); Avatar + expression -> Gaussians (deform)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from flexavatar.camera import Camera, stack_cameras
+from flexavatar.head import ICTHead, UVAtlas
+from flexavatar.model.avatar import Avatar
+from flexavatar.model.config import FlexAvatarConfig
+from flexavatar.model.evidence import uv_evidence
+from flexavatar.model.field import ATTRIBUTE_SLICES, NUM_ATTRIBUTES, gaussians_from_attributes, texel_spacing
+from flexavatar.model.modules import Deformer, HeadQueries, ImageEncoder
+
+
+class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
+    """The FlexAvatar network (see DESIGN.md "Network").
+
+    ``save_pretrained(dir)`` writes ``config.json`` + ``model.safetensors``;
+    ``from_pretrained(dir_or_repo_id)`` reads them. The ICT head and its atlas are not weights:
+    they load from ``ict_facekit.npz`` through :mod:`flexavatar.assets`.
+    """
+
+    def __init__(self, config: FlexAvatarConfig | None = None):
+        super().__init__()
+        config = config or FlexAvatarConfig()
+        if isinstance(config, dict):  # from a hand-written config.json
+            config = FlexAvatarConfig(**config)
+        if isinstance(config.deformer_channels, list):  # JSON has no tuples
+            config.deformer_channels = tuple(config.deformer_channels)
+        self.config = config
+        self._hub_mixin_config = config  # what save_pretrained writes as config.json
+        self.head = ICTHead.load(num_identity=config.num_identity)
+        self.atlas = UVAtlas.for_head(self.head, config.atlas_resolution)
+        self.encoder = ImageEncoder(
+            config.crop_size, config.encoder_patch, config.encoder_dim, config.encoder_depth, config.encoder_heads
+        )
+        self.queries = HeadQueries(
+            config.atlas_resolution,
+            config.query_patch,
+            config.query_dim,
+            config.query_depth,
+            config.query_heads,
+            context_dim=config.encoder_dim,
+            static_channels=NUM_ATTRIBUTES,
+            identity_channels=config.identity_channels,
+        )
+        self.deformer = Deformer(
+            config.atlas_resolution,
+            config.identity_channels,
+            NUM_ATTRIBUTES,
+            tuple(config.deformer_channels),
+            config.deformer_downsample,
+            config.num_data_sources,
+        )
+        with torch.no_grad():
+            neutral = self.head.vertices()
+            canonical = self.atlas.position_map(neutral)  # [1,3,R,R]
+            coverage = self.atlas.mask[None, None].float()
+            p = config.query_patch
+            patch_positions = F.avg_pool2d(canonical, p) / F.avg_pool2d(coverage, p).clamp_min(1e-6)
+        self.register_buffer("patch_positions", patch_positions[0].flatten(1).T.contiguous(), persistent=False)
+        self.register_buffer("template_spacing", texel_spacing(self.atlas, neutral), persistent=False)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return self.head.neutral.device
+
+    def model_id(self) -> str:
+        """Short fingerprint of config + weights (an avatar records which network made it)."""
+        digest = hashlib.sha1(repr(asdict(self.config)).encode())
+        for tensor in self.state_dict().values():
+            digest.update(tensor.detach().float().sum().cpu().numpy().tobytes())
+        return f"{self.config.name}-{digest.hexdigest()[:10]}"
+
+    def avatar_shapes(self) -> dict[str, tuple[int, ...]]:
+        r = self.config.atlas_resolution
+        return {
+            "identity": (self.config.num_identity,),
+            "static_maps": (NUM_ATTRIBUTES, r, r),
+            "identity_features": (self.config.identity_channels, r, r),
+        }
+
+    def mesh(self, identity: torch.Tensor, expressions: torch.Tensor) -> torch.Tensor:
+        """identity [K], expressions [B,57] -> vertices [B,V,3] metres."""
+        return self.head.vertices(identity[None].expand(expressions.shape[0], -1), expressions)
+
+    # ------------------------------------------------------------------ encode
+    def evidence(self, images, masks, cameras: list[Camera], identity, expressions) -> torch.Tensor:
+        """UV evidence [4,R,R] (RGB + coverage) of the inputs lifted through the fitted mesh."""
+        viewmats, Ks = stack_cameras(cameras)
+        vertices = self.mesh(identity, expressions)
+        return uv_evidence(self.atlas, vertices, images, masks, viewmats.to(images), Ks.to(images))
+
+    def encode(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        cameras: list[Camera],
+        identity: torch.Tensor,
+        expressions: torch.Tensor,
+    ) -> Avatar:
+        """Feed-forward avatar from V = 1…4 views.
+
+        images [V,3,S,S] in [0,1] (masked crops, S = config.crop_size); masks [V,1,S,S];
+        cameras: V fitted cameras (canonical head space, K in crop pixels); identity [K] fitted
+        ICT identity; expressions [V,57] fitted per-view expressions.
+        """
+        if not 1 <= images.shape[0] <= 4:
+            raise ValueError(f"between 1 and 4 views are supported, got {images.shape[0]}")
+        size = self.config.crop_size
+        if images.shape[-1] != size or images.shape[-2] != size:
+            raise ValueError(f"crops must be {size}x{size}, got {tuple(images.shape[-2:])}")
+        evidence = self.evidence(images, masks, cameras, identity, expressions)
+        tokens = self.encoder(images[None])
+        static_delta, identity_features = self.queries(self.patch_positions, evidence[None], tokens)
+        base = torch.zeros_like(static_delta)
+        base[:, ATTRIBUTE_SLICES["colour"]] = evidence[None, :3]
+        static_maps = (base + static_delta) * self.atlas.mask
+        return Avatar(
+            identity=identity,
+            static_maps=static_maps[0],
+            identity_features=identity_features[0],
+            source_expression=expressions[0],
+            source_camera=cameras[0],
+            config_name=self.config.name,
+            model_id=self.model_id(),
+        )
+
+    # ------------------------------------------------------------------ deform
+    def spacing(self, identity: torch.Tensor) -> torch.Tensor:
+        """Texel spacing [N] metres for this identity (the template's, scaled by head size)."""
+        neutral = self.head.vertices(identity[None])
+        scale = (neutral[0].std(0).norm() / self.head.neutral.std(0).norm()).clamp(0.7, 1.4)
+        return self.template_spacing * scale
+
+    def deform(
+        self, avatar: Avatar, expressions: torch.Tensor, data_source: int | torch.Tensor = 0
+    ) -> dict[str, torch.Tensor]:
+        """Gaussians of ``avatar`` under expressions [B,57], in canonical head space.
+
+        Returns means [B,N,3] m, quats [B,N,4], scales [B,N,3] m, opacities [B,N], colors [B,N,3].
+        ``data_source`` selects the bias sink (0 multi-view: always at inference).
+        """
+        expressions = expressions.to(self.device)
+        vertices = self.mesh(avatar.identity, expressions)
+        neutral = self.head.vertices(avatar.identity[None])
+        neutral_map = self.atlas.position_map(neutral)
+        offset_map = self.atlas.position_map(vertices) - neutral_map
+        dynamic = self.deformer(avatar.identity_features[None], offset_map, neutral_map, data_source)
+        attributes = self.atlas.gather(avatar.static_maps[None] + dynamic)  # [B,N,14]
+        cfg = self.config
+        return gaussians_from_attributes(
+            self.atlas,
+            vertices,
+            attributes,
+            self.spacing(avatar.identity),
+            cfg.scale_tangent,
+            cfg.scale_normal,
+            cfg.offset_unit_m,
+            cfg.init_opacity,
+        )
+
+    def render(
+        self,
+        avatar: Avatar,
+        cameras: list[Camera],
+        expressions: torch.Tensor,
+        background=(1.0, 1.0, 1.0),
+        backend: str = "auto",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Render frame b with expressions[b] from cameras[b]: rgb [B,H,W,3], alpha [B,H,W,1].
+
+        All cameras share one image size. Differentiable w.r.t. the avatar's tensors.
+        """
+        from flexavatar.render import rasterize
+
+        gaussians = self.deform(avatar, expressions)
+        viewmats, Ks = stack_cameras(cameras)
+        viewmats, Ks = viewmats.to(self.device), Ks.to(self.device)
+        bg = torch.as_tensor(background, dtype=torch.float32, device=self.device)
+        rgbs, alphas = [], []
+        for b in range(expressions.shape[0]):  # one Gaussian set per expression
+            rgb, alpha, _ = rasterize(
+                gaussians["means"][b],
+                gaussians["quats"][b],
+                gaussians["scales"][b],
+                gaussians["opacities"][b],
+                gaussians["colors"][b],
+                viewmats[b : b + 1],
+                Ks[b : b + 1],
+                cameras[b].width,
+                cameras[b].height,
+                background=bg,
+                backend=backend,
+            )
+            rgbs.append(rgb[0])
+            alphas.append(alpha[0])
+        return torch.stack(rgbs), torch.stack(alphas)

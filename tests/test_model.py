@@ -1,0 +1,198 @@
+"""The network: encode 1/2/4 views, evidence path, deformer, hub save/load, .avatar files."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from flexavatar.camera import focal_from_fov, orbit_camera
+from flexavatar.errors import InvalidInputError
+from flexavatar.eval.metrics import psnr
+from flexavatar.model import FlexAvatarModel, load_avatar
+from flexavatar.model.field import ATTRIBUTE_SLICES
+
+S = 256
+
+
+def cameras(model, azimuths):
+    centre = model.head.head_centre()
+    return [orbit_camera(a, 5, 0.7, centre, focal_from_fov(22, S), S, S) for a in azimuths]
+
+
+@pytest.fixture(scope="module")
+def synthetic(untrained_model):
+    """Renders of a head with a known smooth texture from two cameras (ground truth inputs)."""
+    model = untrained_model
+    gen = torch.Generator().manual_seed(1)
+    cams = cameras(model, (0, 35))
+    identity = torch.randn(model.config.num_identity, generator=gen) * 0.5
+    expressions = torch.zeros(2, 57)
+    expressions[1, 26] = 0.3
+    with torch.no_grad():
+        blank = model.encode(torch.ones(2, 3, S, S), torch.zeros(2, 1, S, S), cams, identity, expressions)
+        positions = model.atlas.position_map(model.head.vertices(identity[None]))[0]
+        colour = 0.5 + 0.4 * torch.sin(positions * torch.tensor([60.0, 80.0, 70.0])[:, None, None])
+        static = blank.static_maps.clone()
+        static[ATTRIBUTE_SLICES["colour"]] = colour * model.atlas.mask
+        truth = replace(blank, static_maps=static)
+        rgb, alpha = model.render(truth, cams, expressions)
+    return {
+        "cameras": cams,
+        "identity": identity,
+        "expressions": expressions,
+        "images": rgb.permute(0, 3, 1, 2).contiguous(),
+        "masks": alpha.permute(0, 3, 1, 2).contiguous(),
+    }
+
+
+@pytest.mark.parametrize("views", [1, 2, 4])
+def test_same_code_path_for_1_2_4_views(untrained_model, synthetic, views):
+    model = untrained_model
+    index = [0, 1, 0, 1][:views]
+    with torch.no_grad():
+        avatar = model.encode(
+            synthetic["images"][index],
+            synthetic["masks"][index],
+            [synthetic["cameras"][i] for i in index],
+            synthetic["identity"],
+            synthetic["expressions"][index],
+        )
+        gaussians = model.deform(avatar, torch.zeros(2, 57))
+    assert gaussians["means"].shape == (2, model.atlas.num_texels, 3)
+    for name, tensor in gaussians.items():
+        assert torch.isfinite(tensor).all(), name
+    assert torch.allclose(gaussians["quats"].norm(dim=-1), torch.ones(2, model.atlas.num_texels), atol=1e-5)
+    assert (gaussians["scales"] > 0).all() and ((gaussians["opacities"] > 0) & (gaussians["opacities"] < 1)).all()
+
+
+def test_untrained_model_reproduces_its_inputs(untrained_model, synthetic):
+    """Evidence path: an untrained network paints the inputs onto the template."""
+    model = untrained_model
+    with torch.no_grad():
+        avatar = model.encode(
+            synthetic["images"], synthetic["masks"], synthetic["cameras"], synthetic["identity"], synthetic["expressions"]
+        )
+        rgb, _ = model.render(avatar, synthetic["cameras"], synthetic["expressions"])
+    for view in range(2):
+        inside = synthetic["masks"][view, 0] > 0.5
+        assert psnr(rgb[view], synthetic["images"][view].permute(1, 2, 0), inside) > 24.0
+
+
+def test_jaw_open_opens_the_mouth(untrained_model, synthetic):
+    model = untrained_model
+    with torch.no_grad():
+        avatar = model.encode(
+            synthetic["images"][:1], synthetic["masks"][:1], synthetic["cameras"][:1], synthetic["identity"],
+            synthetic["expressions"][:1],
+        )  # fmt: skip
+        closed, opened = torch.zeros(1, 57), torch.zeros(1, 57)
+        opened[0, 26] = 1.0
+        cam = synthetic["cameras"][:1]
+        rgb_closed, _ = model.render(avatar, cam, closed)
+        rgb_open, _ = model.render(avatar, cam, opened)
+        # mouth-interior Gaussians come into view: project them and test the depth order
+        from flexavatar.render import rasterize
+
+        gaussians = model.deform(avatar, opened)
+        inner = model.atlas.region_mask("teeth", "gums_tongue")
+        colors = torch.zeros_like(gaussians["colors"][0])
+        colors[inner] = 1.0  # paint only the mouth interior white, the rest black
+        views = [cam[0].viewmat[None], cam[0].K[None]]
+        args = [gaussians[k][0] for k in ("means", "quats", "scales", "opacities")]
+        visible_open, _, _ = rasterize(*args, colors, *views, S, S)
+        closed_gaussians = model.deform(avatar, closed)
+        args = [closed_gaussians[k][0] for k in ("means", "quats", "scales", "opacities")]
+        visible_closed, _, _ = rasterize(*args, colors, *views, S, S)
+    # the lower half of the face changes; the forehead does not
+    diff = (rgb_open - rgb_closed).abs().sum(-1)[0]
+    mouth_pixels = cam[0].project(model.head.neutral[model.head.landmarks_multipie68[48:68]])
+    y0 = int(mouth_pixels[:, 1].min()) - 4
+    assert diff[y0:].mean() > 10 * diff[: y0 - 60].mean()
+    assert visible_open.sum() > 20 * (visible_closed.sum() + 1)
+
+
+def test_save_and_load_pretrained_offline(untrained_model, synthetic, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = untrained_model
+    with torch.no_grad():  # perturb so zero-initialised heads are not trivially equal
+        for p in model.queries.static_head.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+        for p in model.deformer.unet.conv_out.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    try:
+        model.save_pretrained(tmp_path / "ckpt")
+        assert (tmp_path / "ckpt" / "config.json").is_file()
+        assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+        loaded = FlexAvatarModel.from_pretrained(str(tmp_path / "ckpt")).eval()
+        args = (synthetic["images"], synthetic["masks"], synthetic["cameras"], synthetic["identity"], synthetic["expressions"])
+        with torch.no_grad():
+            a, b = model.encode(*args), loaded.encode(*args)
+            ga, gb = model.deform(a, synthetic["expressions"]), loaded.deform(b, synthetic["expressions"])
+        assert loaded.config == model.config
+        assert a.model_id == b.model_id
+        for key in ga:
+            assert torch.equal(ga[key], gb[key]), key
+    finally:
+        with torch.no_grad():
+            torch.nn.init.zeros_(model.queries.static_head.weight)
+            torch.nn.init.zeros_(model.queries.static_head.bias)
+            torch.nn.init.zeros_(model.deformer.unet.conv_out.weight)
+            torch.nn.init.zeros_(model.deformer.unet.conv_out.bias)
+
+
+def test_avatar_file_round_trip_and_lerp(untrained_model, synthetic, tmp_path):
+    model = untrained_model
+    with torch.no_grad():
+        avatar = model.encode(
+            synthetic["images"], synthetic["masks"], synthetic["cameras"], synthetic["identity"], synthetic["expressions"]
+        )
+        path = avatar.save(tmp_path / "me.avatar")
+        loaded = load_avatar(path, model.avatar_shapes())
+        cam = synthetic["cameras"][:1]
+        expr = synthetic["expressions"][1:]
+        assert torch.equal(model.render(avatar, cam, expr)[0], model.render(loaded, cam, expr)[0])
+        assert loaded.source_camera.width == S and loaded.model_id == avatar.model_id
+        other = replace(avatar, identity=avatar.identity * 0, static_maps=avatar.static_maps * 0.5)
+        half = avatar.lerp(other, 0.5)
+        assert torch.allclose(half.static_maps, avatar.static_maps * 0.75)
+        assert torch.allclose(half.identity, avatar.identity * 0.5)
+        assert torch.equal(avatar.lerp(other, 0.0).static_maps, avatar.static_maps)
+
+
+def test_bad_avatar_files_give_clear_errors(untrained_model, synthetic, tmp_path):
+    from safetensors.torch import save_file
+
+    text = tmp_path / "notes.avatar"
+    text.write_text("hello, I am not an avatar")
+    with pytest.raises(InvalidInputError, match="notes.avatar is not a valid FlexAvatar .avatar file"):
+        load_avatar(text)
+    empty = tmp_path / "empty.avatar"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidInputError, match="empty.avatar"):
+        load_avatar(empty)
+    # a real safetensors file with the wrong content
+    foreign = tmp_path / "foreign.avatar"
+    save_file({"weight": torch.zeros(3)}, str(foreign))
+    with pytest.raises(InvalidInputError, match="no FlexAvatar metadata"):
+        load_avatar(foreign)
+    # a hostile header claiming a huge tensor
+    hostile = tmp_path / "hostile.avatar"
+    header = b'{"identity":{"dtype":"F32","shape":[1000000000],"data_offsets":[0,4000000000]}}'
+    hostile.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 16)
+    with pytest.raises(InvalidInputError, match="hostile.avatar"):
+        load_avatar(hostile)
+    # right format, wrong sizes for this model
+    with torch.no_grad():
+        avatar = untrained_model.encode(
+            synthetic["images"][:1], synthetic["masks"][:1], synthetic["cameras"][:1], synthetic["identity"],
+            synthetic["expressions"][:1],
+        )  # fmt: skip
+    small = replace(avatar, static_maps=avatar.static_maps[:, :64, :64])
+    path = small.save(tmp_path / "small.avatar")
+    with pytest.raises(InvalidInputError, match="another model config"):
+        load_avatar(path, untrained_model.avatar_shapes())
+    nan = replace(avatar, identity=avatar.identity * float("nan"))
+    with pytest.raises(InvalidInputError, match="non-finite"):
+        load_avatar(nan.save(tmp_path / "nan.avatar"))
