@@ -175,14 +175,16 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         expressions: torch.Tensor,
         background=(1.0, 1.0, 1.0),
         backend: str = "auto",
+        data_source: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Render frame b with expressions[b] from cameras[b]: rgb [B,H,W,3], alpha [B,H,W,1].
 
-        All cameras share one image size. Differentiable w.r.t. the avatar's tensors.
+        All cameras share one image size. Differentiable w.r.t. the avatar's tensors and the
+        network. ``data_source`` is the bias sink (training only; 0 at inference).
         """
         from flexavatar.render import rasterize
 
-        gaussians = self.deform(avatar, expressions)
+        gaussians = self.deform(avatar, expressions, data_source)
         viewmats, Ks = stack_cameras(cameras)
         viewmats, Ks = viewmats.to(self.device), Ks.to(self.device)
         bg = torch.as_tensor(background, dtype=torch.float32, device=self.device)
