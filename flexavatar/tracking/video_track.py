@@ -1,0 +1,273 @@
+"""Track a driving video: per-frame ICT expression, head pose and head crop box.
+
+Frames stream from :func:`flexavatar.video.iter_frames` (one in memory at a time) through a
+VIDEO-mode MediaPipe FaceLandmarker (it tracks between frames, faster than IMAGE mode).
+Per frame: blendshapes -> 57 ICT weights; facial transformation matrix -> head pose in
+OpenCV camera space (:func:`flexavatar.tracking.pose.mediapipe_to_head_pose`: x_cam = R
+x_head + t, metres, for MediaPipe's assumed camera: focal ``VideoTrack.focal_px``, principal
+point at the frame centre); landmarks -> crop box (:func:`flexavatar.tracking.crop.crop_boxes_from_landmarks`,
+the framing of :func:`~flexavatar.tracking.crop.crop_head`).
+
+Frames without a face are flagged (``has_face`` False, ``confidence`` 0) and filled by linear
+interpolation between the nearest tracked frames (gaps at the start/end hold the first/last
+tracked value). Then a zero-phase One Euro filter smooths expressions, pose and crop boxes.
+Rotations are filtered as axis-angle *relative to the first tracked frame's rotation*: a
+frontal head is ~180 deg about x in OpenCV axes, where raw axis-angle vectors wrap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flexavatar.errors import InvalidInputError
+from flexavatar.head.blendshapes import mediapipe_to_ict
+from flexavatar.tracking.correspondence import load_correspondence
+from flexavatar.tracking.crop import crop_boxes_from_landmarks
+from flexavatar.tracking.detect import (
+    MIN_FACE_PX,
+    blendshape_scores,
+    landmarks_to_pixels,
+    mp_image,
+    video_landmarker,
+)
+from flexavatar.tracking.filters import smooth_sequence
+from flexavatar.tracking.pose import (
+    axis_angle_to_matrix,
+    matrix_to_axis_angle,
+    mediapipe_focal_px,
+    mediapipe_to_head_pose,
+    relative_rotvecs,
+    unwrap_rotvecs,
+)
+
+#: Channel scales before One Euro filtering, so one ``beta`` fits all: 1 unit ~ a full
+#: expression weight, ~11 degrees of rotation, 10 cm of translation, 20% of the crop side.
+ROTATION_UNIT_RAD = 0.2
+TRANSLATION_UNIT_M = 0.1
+CROP_UNIT_FRACTION = 0.2
+#: One Euro speed coefficients: expressions (speech moves the jaw at 3-6 Hz: let it through)
+#: and pose / crop boxes (rigid motion: smoother).
+EXPRESSION_BETA = 4.0
+POSE_BETA = 0.5
+#: Runs of detections shorter than this, in a video that has longer ones, are false positives.
+MIN_FACE_RUN = 3
+PROGRESS_EVERY = 5
+
+
+@dataclass
+class VideoTrack:
+    """Per-frame tracking of a video (T = frames tracked; all arrays numpy).
+
+    expressions: [T,57] float32 ICT weights in [0,1] (smoothed). blendshapes: [T,52] float32
+        raw MediaPipe scores (0 where no face). rotations: [T,3] float32 axis-angle (radians)
+        and translations: [T,3] float32 metres of the ICT head in the OpenCV camera of the
+        frame (x_cam = R x_head + t; camera looks down +z, y down), consecutive axis-angle
+        vectors unwrapped (no 2 pi jumps; the angle may exceed pi). confidence: [T] float32 in
+        [0,1] (0 = no face). has_face: [T] bool. crop_boxes: [T,3] float32 (x0, y0, side)
+        in source pixels, the crop_head framing (smoothed).
+    fps, frame_count (= T), num_source_frames (before max_frames), truncated (T < source),
+    width, height (frame size), focal_px (the camera the pose refers to; principal point at
+    the frame centre), warnings, name.
+    """
+
+    expressions: np.ndarray
+    blendshapes: np.ndarray
+    rotations: np.ndarray
+    translations: np.ndarray
+    confidence: np.ndarray
+    has_face: np.ndarray
+    crop_boxes: np.ndarray
+    fps: float
+    frame_count: int
+    num_source_frames: int
+    truncated: bool
+    width: int
+    height: int
+    focal_px: float
+    warnings: list[str] = field(default_factory=list)
+    name: str = "video"
+
+    def rotation_matrices(self) -> np.ndarray:
+        """[T,3,3] float64 rotations of :attr:`rotations`."""
+        return axis_angle_to_matrix(self.rotations)
+
+
+def fill_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Linear interpolation of rows [T,C] where ``valid`` [T] is False, between the nearest
+    valid rows; leading/trailing gaps hold the first/last valid row. Needs one valid row."""
+    values = np.asarray(values, dtype=np.float64)
+    known = np.flatnonzero(valid)
+    frames = np.arange(len(values))
+    after = np.clip(np.searchsorted(known, frames), 0, len(known) - 1)  # first known >= t
+    before = np.clip(after - (known[after] > frames), 0, len(known) - 1)  # last known <= t
+    lo, hi = known[before], known[after]
+    span = np.maximum(hi - lo, 1)
+    weight = np.where(hi > lo, (frames - lo) / span, 0.0)[:, None]
+    return values[lo] * (1 - weight) + values[hi] * weight
+
+
+def drop_short_runs(flags: np.ndarray, min_run: int) -> np.ndarray:
+    """[T] bool with runs of True shorter than ``min_run`` cleared, unless no run is that long
+    (a very short video keeps what it has)."""
+    flags = np.asarray(flags, dtype=bool)
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    lengths = ends - starts
+    if len(lengths) == 0 or lengths.max() < min_run:
+        return flags.copy()
+    run_id = np.cumsum(edges[:-1] == 1) - 1  # index of the run each frame belongs to
+    return flags & (lengths[np.clip(run_id, 0, None)] >= min_run)
+
+
+def _face_confidence(face_width_px: float, rotation: np.ndarray) -> float:
+    """Heuristic confidence (MediaPipe's tasks API exposes no per-face score): 1 for a face at
+    least 2x :data:`MIN_FACE_PX` wide turned < 45 deg from the camera, falling to 0 at
+    ``MIN_FACE_PX / 2`` px or 90 deg (landmarks beyond that are guesses)."""
+    size = np.clip((face_width_px - MIN_FACE_PX / 2) / (1.5 * MIN_FACE_PX), 0.0, 1.0)
+    facing = -rotation[2, 2]  # head +z (out of the face) against the camera's viewing axis
+    angle = math.degrees(math.acos(float(np.clip(facing, -1.0, 1.0))))
+    turn = np.clip((90.0 - angle) / 45.0, 0.0, 1.0)
+    return float(size * turn)
+
+
+def track_video(
+    path: str | os.PathLike,
+    max_frames: int | None = None,
+    smoothing: float = 0.5,
+    resolution: int = 256,
+    progress: Callable[[str, float], None] | None = None,
+) -> VideoTrack:
+    """Track the face of the video at ``path`` (see the module docstring).
+
+    max_frames: stop after this many frames (``truncated`` says whether it cut).
+    smoothing: One Euro strength in [0,1], 0 = off. resolution: kept for API symmetry with
+    :func:`crop_head` (crop boxes are in source pixels, valid at any crop resolution).
+    progress: ``progress(stage, fraction)`` every few frames.
+    Raises :class:`InvalidInputError` for unreadable videos and videos without any face.
+    """
+    from flexavatar.video import iter_frames, probe_video
+
+    del resolution  # boxes are resolution-independent; the argument documents intent
+    name = Path(path).name
+    info = probe_video(path)
+    num_source = int(info.frame_count)
+    expected = num_source if max_frames is None else min(num_source, max_frames)
+    fps = float(info.fps) if info.fps and info.fps > 0 else 30.0
+    corr = load_correspondence()
+
+    blendshapes, transforms, landmark_sets, widths, has_face = [], [], [], [], []
+    width = height = 0
+    last_timestamp = -1
+    with video_landmarker() as landmarker, contextlib.closing(iter_frames(path, max_frames)) as frames:
+        for index, frame in enumerate(frames):
+            height, width = frame.shape[:2]
+            # VIDEO mode needs strictly increasing timestamps (ms).
+            timestamp = max(int(round(index * 1000.0 / fps)), last_timestamp + 1)
+            last_timestamp = timestamp
+            result = landmarker.detect_for_video(mp_image(frame), timestamp)
+            found = len(result.face_landmarks) > 0
+            has_face.append(found)
+            if found:
+                landmarks = landmarks_to_pixels(result.face_landmarks[0], width, height)
+                landmark_sets.append(landmarks)
+                blendshapes.append(blendshape_scores(result.face_blendshapes[0]))
+                transforms.append(
+                    np.asarray(result.facial_transformation_matrixes[0], np.float64).reshape(4, 4)
+                )
+                widths.append(float(np.ptp(landmarks[:, 0])))
+            if progress is not None and index % PROGRESS_EVERY == 0:
+                progress("tracking", min(index / max(expected, 1), 1.0))
+
+    num_frames = len(has_face)
+    has_face_array = np.array(has_face, dtype=bool)
+    keep = drop_short_runs(has_face_array, MIN_FACE_RUN)[has_face_array]  # per detection
+    has_face_array = drop_short_runs(has_face_array, MIN_FACE_RUN)
+    blendshapes, transforms, landmark_sets, widths = (
+        [item for item, k in zip(items, keep, strict=True) if k]
+        for items in (blendshapes, transforms, landmark_sets, widths)
+    )
+    if num_frames == 0:
+        raise InvalidInputError(f"No frames could be read from {name}; upload an MP4, MOV or WebM video.")
+    if not has_face_array.any():
+        raise InvalidInputError(
+            f"No face found in {name}: none of its {num_frames} frames shows a face. "
+            "Upload a video of one person's face, frontal-ish and well lit."
+        )
+
+    tracked = np.flatnonzero(has_face_array)
+    raw_blendshapes = np.zeros((num_frames, 52), np.float64)
+    raw_blendshapes[tracked] = np.stack(blendshapes)
+    rotations_tracked, translations_tracked = mediapipe_to_head_pose(np.stack(transforms), corr)
+    crop_tracked = crop_boxes_from_landmarks(np.stack(landmark_sets))
+    confidence = np.zeros(num_frames, np.float64)
+    confidence[tracked] = [_face_confidence(w, r) for w, r in zip(widths, rotations_tracked, strict=True)]
+
+    def scatter(values: np.ndarray) -> np.ndarray:
+        full = np.zeros((num_frames, values.shape[-1]), np.float64)
+        full[tracked] = values
+        return fill_gaps(full, has_face_array)
+
+    reference = rotations_tracked[0]
+    relative = unwrap_rotvecs(relative_rotvecs(rotations_tracked, reference))  # small, continuous
+    expression_full = scatter(mediapipe_to_ict(raw_blendshapes[tracked]))
+    relative_full = scatter(relative)
+    translation_full = scatter(translations_tracked)
+    crop_full = scatter(crop_tracked)
+
+    # One filter over all channels, each scaled to comparable units.
+    crop_unit = CROP_UNIT_FRACTION * max(float(np.median(crop_tracked[:, 2])), 1.0)
+    channels = np.concatenate(
+        [
+            expression_full,
+            relative_full / ROTATION_UNIT_RAD,
+            translation_full / TRANSLATION_UNIT_M,
+            crop_full / crop_unit,
+        ],
+        axis=1,
+    )
+    beta = np.full(channels.shape[1], POSE_BETA)
+    beta[: expression_full.shape[1]] = EXPRESSION_BETA
+    smoothed = smooth_sequence(channels, fps, smoothing, beta=beta)
+    n_expr = expression_full.shape[1]
+    expressions = np.clip(smoothed[:, :n_expr], 0.0, 1.0)
+    relative_smooth = smoothed[:, n_expr : n_expr + 3] * ROTATION_UNIT_RAD
+    translations = smoothed[:, n_expr + 3 : n_expr + 6] * TRANSLATION_UNIT_M
+    crop_boxes = smoothed[:, n_expr + 6 :] * crop_unit
+    rotations = unwrap_rotvecs(matrix_to_axis_angle(reference @ axis_angle_to_matrix(relative_smooth)))
+
+    warnings: list[str] = []
+    missing = num_frames - len(tracked)
+    if missing:
+        warnings.append(
+            f"no face in {missing} of {num_frames} frames of {name}; those frames are interpolated"
+        )
+    truncated = max_frames is not None and num_frames >= max_frames and num_source > num_frames
+    if truncated:
+        warnings.append(f"{name}: tracked the first {num_frames} of {num_source} frames")
+    if progress is not None:
+        progress("tracking", 1.0)
+    return VideoTrack(
+        expressions=expressions.astype(np.float32),
+        blendshapes=raw_blendshapes.astype(np.float32),
+        rotations=rotations.astype(np.float32),
+        translations=translations.astype(np.float32),
+        confidence=confidence.astype(np.float32),
+        has_face=has_face_array,
+        crop_boxes=crop_boxes.astype(np.float32),
+        fps=fps,
+        frame_count=num_frames,
+        num_source_frames=num_source,
+        truncated=truncated,
+        width=int(width),
+        height=int(height),
+        focal_px=mediapipe_focal_px(height),
+        warnings=warnings,
+        name=name,
+    )

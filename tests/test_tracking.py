@@ -1,0 +1,343 @@
+"""Face tracking and head fitting on the real media in ../shared/media."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flexavatar.errors import InvalidInputError
+from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES
+from flexavatar.tracking import (
+    MIN_FACE_PX,
+    crop_head,
+    detect_face,
+    fit_head,
+    load_correspondence,
+    project_landmarks,
+    track_video,
+)
+from flexavatar.tracking import correspondence as correspondence_module
+from flexavatar.tracking.filters import OneEuroFilter, smooth_sequence
+from flexavatar.tracking.pose import (
+    axis_angle_to_matrix,
+    matrix_to_axis_angle,
+    mediapipe_focal_px,
+    mediapipe_to_head_pose,
+    rotation_angle_deg,
+    unwrap_rotvecs,
+)
+from flexavatar.tracking.video_track import drop_short_runs, fill_gaps
+from flexavatar.video import read_image
+
+JAW, SMILE_L, SMILE_R = (EXPRESSION_INDEX[n] for n in ("jawOpen", "mouthSmile_L", "mouthSmile_R"))
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def astronaut(shared_media):
+    return read_image(shared_media / "astronaut.png")
+
+
+@pytest.fixture(scope="module")
+def astronaut_detection(astronaut):
+    return detect_face(astronaut, "astronaut.png")
+
+
+@pytest.fixture(scope="module")
+def astronaut_fit(shared_media):
+    return fit_head([shared_media / "astronaut.png"])
+
+
+@pytest.fixture(scope="module")
+def pair_fit(shared_media):
+    return fit_head([shared_media / "0-f1-su-ph.jpg", shared_media / "0-f15-hao-ph.jpg"])
+
+
+@pytest.fixture(scope="module")
+def talking_track(shared_media):
+    return track_video(shared_media / "single_face.mp4")
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def test_detect_astronaut(astronaut, astronaut_detection):
+    det = astronaut_detection
+    assert det.landmarks.shape == (478, 3) and det.landmarks.dtype == np.float32
+    assert det.blendshapes.shape == (52,) and det.expression.shape == (57,)
+    assert det.transform.shape == (4, 4)
+    assert det.person_mask.shape == astronaut.shape[:2] and det.person_mask.dtype == np.float32
+    assert det.num_faces == 1 and det.warnings == []
+    # She smiles broadly (MediaPipe scores ~0.9 each side).
+    smile = [
+        det.blendshapes[MEDIAPIPE_BLENDSHAPE_NAMES.index(n)] for n in ("mouthSmileLeft", "mouthSmileRight")
+    ]
+    assert min(smile) > 0.6
+    assert det.expression[SMILE_L] > 0.6 and det.expression[SMILE_R] > 0.6
+    x0, y0, x1, y1 = det.face_box
+    cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+    assert det.person_mask[cy, cx] > 0.9 and det.person_mask[5, 5] < 0.1  # face vs top-left backdrop
+    # Landmark 468 (iris centre) belongs to the subject's right eye (next to 33/133).
+    right_eye = det.landmarks[[33, 133], :2].mean(0)
+    left_eye = det.landmarks[[263, 362], :2].mean(0)
+    iris = det.landmarks[468, :2]
+    assert np.linalg.norm(iris - right_eye) < np.linalg.norm(iris - left_eye)
+
+
+def test_multi_face_takes_largest_with_warning(shared_media):
+    image = read_image(shared_media / "multi_face.jpg")
+    det = detect_face(image, "multi_face.jpg")
+    assert det.num_faces >= 2
+    assert any("faces found in multi_face.jpg; using the largest" in w for w in det.warnings)
+    # The chosen face is the biggest of all faces MediaPipe reports: at least the typical size.
+    assert det.face_width > 100
+
+
+def test_bw_picture_gives_clear_error(shared_media):
+    # Decision: MediaPipe finds no face in this grainy, shouting 3/4-profile war photo (not even on a
+    # crop around the head), so it is refused with the "no face" message rather than fitted badly.
+    with pytest.raises(InvalidInputError, match="No face found in BWPictureHuman.jpg"):
+        fit_head([shared_media / "BWPictureHuman.jpg"])
+
+
+def test_small_face_is_refused(astronaut):
+    import cv2
+
+    small = cv2.resize(astronaut, (224, 224), interpolation=cv2.INTER_AREA)  # face ~39 px wide
+    with pytest.raises(InvalidInputError, match=r"face in tiny\.png is too small \(\d+ px"):
+        detect_face(small, "tiny.png")
+    assert MIN_FACE_PX == 48
+
+
+def test_no_face_photo_error_names_file(astronaut):
+    blank = np.full((300, 300, 3), 128, np.uint8)
+    with pytest.raises(InvalidInputError, match="No face found in photo2.jpg"):
+        detect_face(blank, "photo2.jpg")
+
+
+def test_text_file_renamed_png(tmp_path):
+    fake = tmp_path / "holiday.png"
+    fake.write_text("this is not an image")
+    with pytest.raises(InvalidInputError, match="holiday.png"):
+        fit_head([fake])
+
+
+# --------------------------------------------------------------------------- crop
+
+
+def test_crop_framing_consistent_across_resolutions(astronaut, astronaut_detection):
+    crop256 = crop_head(astronaut, astronaut_detection, 256)
+    crop512 = crop_head(astronaut, astronaut_detection, 512)
+    assert crop256.image.shape == (256, 256, 3) and crop512.image.shape == (512, 512, 3)
+    assert crop256.mask.shape == (256, 256) and crop256.masked.dtype == np.uint8
+    assert crop256.crop_box == pytest.approx(crop512.crop_box)
+    np.testing.assert_allclose(crop512.landmarks, 2 * crop256.landmarks, atol=1e-3)
+    # The whole landmark set sits inside the crop with a margin on every side.
+    for crop in (crop256, crop512):
+        r = crop.resolution
+        assert crop.landmarks.min() > 0.05 * r and crop.landmarks.max() < 0.95 * r
+        # the affine maps source landmarks onto crop landmarks
+        mapped = (
+            astronaut_detection.landmarks[:, :2] @ crop.source_to_crop[:, :2].T + crop.source_to_crop[:, 2]
+        )
+        np.testing.assert_allclose(mapped, crop.landmarks, atol=1e-3)
+    # Background turns white where the mask says so (top corners are backdrop).
+    assert (crop256.masked[:8, :8] > 240).all()
+    # The 512 crop downsampled looks like the 256 crop (same framing, not just same box).
+    import cv2
+
+    down = cv2.resize(crop512.image, (256, 256), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert np.abs(down - crop256.image.astype(np.float32)).mean() < 6.0
+
+
+# --------------------------------------------------------------------------- correspondence
+
+
+def test_correspondence_geometry():
+    corr = load_correspondence()
+    assert corr.triangles.shape == (478,) and corr.barycentric.shape == (478, 3)
+    np.testing.assert_allclose(corr.barycentric.sum(1), 1.0, atol=1e-5)
+    assert (corr.barycentric >= -1e-6).all()
+    face = ~corr.silhouette[:468]
+    residual = corr.residual_mm[:468][face]
+    # The aligned MediaPipe canonical face lies on the ICT surface within a few millimetres.
+    assert np.median(residual) < 1.5
+    assert (residual < 5.0).mean() > 0.95
+    assert (corr.weights[:468][face] == 1.0).mean() > 0.95
+    assert 0.9 < corr.scale < 1.1  # both meshes are in cm, similar sizes
+    assert corr.weights[468] > 0 and corr.weights[473] > 0 and corr.weights[469:473].max() == 0
+
+
+def test_correspondence_cache_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEXAVATAR_CACHE", str(tmp_path))
+    correspondence_module.load_correspondence.cache_clear()
+    try:
+        first = correspondence_module.load_correspondence()
+        files = list(tmp_path.glob("mediapipe_to_ict_*.npz"))
+        assert len(files) == 1
+        mtime = files[0].stat().st_mtime_ns
+        correspondence_module.load_correspondence.cache_clear()
+
+        def no_compute(*args, **kwargs):
+            raise AssertionError("the cached correspondence should have been reused")
+
+        monkeypatch.setattr(correspondence_module, "compute_correspondence", no_compute)
+        second = correspondence_module.load_correspondence()
+        assert files[0].stat().st_mtime_ns == mtime
+        np.testing.assert_array_equal(first.triangles, second.triangles)
+    finally:
+        correspondence_module.load_correspondence.cache_clear()
+
+
+# --------------------------------------------------------------------------- pose conversion
+
+
+def test_mediapipe_pose_reprojects(astronaut, astronaut_detection):
+    """The converted MediaPipe pose puts the mean ICT face onto the detected landmarks."""
+    from flexavatar.tracking.fit import model_landmarks
+
+    corr = load_correspondence()
+    rotation, translation = mediapipe_to_head_pose(astronaut_detection.transform, corr)
+    assert np.linalg.det(rotation) == pytest.approx(1.0, abs=1e-6)
+    # Frontal head: its +z (out of the face) points back at the camera (OpenCV -z), +y is up (-y).
+    assert rotation[2, 2] < -0.9 and rotation[1, 1] < -0.9
+    points = model_landmarks(torch.zeros(1), torch.zeros(1, 57))[0].numpy()
+    cam = points @ rotation.T + translation
+    height, width = astronaut.shape[:2]
+    uv = mediapipe_focal_px(height) * cam[:, :2] / cam[:, 2:] + [width / 2, height / 2]
+    face = corr.weights == 1
+    error = np.linalg.norm(uv - astronaut_detection.landmarks[:, :2], axis=1)[face].mean()
+    assert error < 0.08 * astronaut_detection.face_width
+
+
+def test_axis_angle_round_trip_near_pi():
+    rng = np.random.default_rng(0)
+    axes = rng.normal(size=(50, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    angles = np.concatenate([rng.uniform(0, np.pi, 40), np.pi - np.logspace(-7, -2, 10)])
+    rotvecs = axes * angles[:, None]
+    back = axis_angle_to_matrix(matrix_to_axis_angle(axis_angle_to_matrix(rotvecs)))
+    assert rotation_angle_deg(back, axis_angle_to_matrix(rotvecs)).max() < 1e-3
+    # unwrap: a rotation about x crossing pi flips the raw axis-angle; unwrapped it is continuous
+    angles = np.linspace(3.0, 3.3, 20)
+    raw = matrix_to_axis_angle(axis_angle_to_matrix(np.stack([angles, 0 * angles, 0 * angles], 1)))
+    steps = np.linalg.norm(np.diff(unwrap_rotvecs(raw), axis=0), axis=1)
+    assert steps.max() < 0.05
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def test_fit_astronaut(astronaut_fit):
+    fit = astronaut_fit
+    resolution = fit.resolution
+    assert fit.identity.shape == (32,) and fit.expressions.shape == (1, 57)
+    assert fit.expressions.min() >= 0 and fit.expressions.max() <= 1
+    assert float(fit.residual_px[0]) < 0.02 * resolution
+    projected = project_landmarks(fit, 0)
+    face = fit.landmark_weights == 1
+    error = np.linalg.norm(projected - fit.crops[0].landmarks, axis=1)[face].mean()
+    assert error < 0.02 * resolution
+    assert fit.expressions[0, SMILE_L] > 0.5 and fit.expressions[0, SMILE_R] > 0.5
+    camera = fit.cameras[0]
+    assert camera.width == camera.height == resolution
+    assert camera.K[0, 2] == pytest.approx(resolution / 2)
+    # The camera looks at the face from the front: camera centre in front of the face (+z), ~1 m.
+    position = camera.position
+    assert position[2] > 0.3 and abs(float(position[0])) < 0.3
+
+
+def test_fit_two_photos_one_identity(pair_fit):
+    fit = pair_fit
+    assert fit.num_images == 2 and len(fit.cameras) == 2 and len(fit.crops) == 2
+    assert fit.identity.ndim == 1
+    surprise, happy = fit.expressions
+    assert surprise[JAW] > happy[JAW] + 0.1
+    assert happy[SMILE_L] > surprise[SMILE_L] + 0.3 and happy[SMILE_R] > surprise[SMILE_R] + 0.3
+    assert (fit.residual_px < 0.02 * fit.resolution).all()
+    assert fit.names == ["0-f1-su-ph.jpg", "0-f15-hao-ph.jpg"]
+
+
+# --------------------------------------------------------------------------- video
+
+
+def test_track_talking_video(talking_track):
+    track = talking_track
+    assert track.frame_count == 72 and track.num_source_frames == 72 and not track.truncated
+    assert track.has_face.all() and track.has_face.shape == (72,)
+    for name, shape in (
+        ("expressions", (72, 57)),
+        ("rotations", (72, 3)),
+        ("translations", (72, 3)),
+        ("confidence", (72,)),
+        ("crop_boxes", (72, 3)),
+    ):
+        assert getattr(track, name).shape == shape, name
+    # He talks and smiles: MediaPipe's raw jawOpen moves between ~0.003 and ~0.075 (std 0.021);
+    # the smoothed track keeps that motion (std ~0.019), and the smile comes and goes.
+    jaw = track.expressions[:, JAW]
+    assert jaw.std() > 0.015 and jaw.max() - jaw.min() > 0.03
+    assert track.expressions[:, SMILE_L].std() > 0.2
+    # Smooth pose: no frame-to-frame rotation jump over 5 degrees, no axis-angle wrap jumps.
+    rotations = track.rotation_matrices()
+    assert rotation_angle_deg(rotations[1:], rotations[:-1]).max() < 5.0
+    assert np.abs(np.diff(track.rotations, axis=0)).max() < 0.1
+    # Head in front of the camera, facing it, tens of centimetres away.
+    assert (track.translations[:, 2] > 0.2).all() and (track.translations[:, 2] < 1.5).all()
+    assert (rotations[:, 2, 2] < -0.8).all()
+    assert track.confidence.min() > 0.5
+    assert np.abs(np.diff(track.crop_boxes[:, 2])).max() < 0.05 * track.crop_boxes[:, 2].mean()
+
+
+def test_track_face_then_no_face(shared_media):
+    calls = []
+    track = track_video(shared_media / "face_noface.mov", progress=lambda stage, f: calls.append((stage, f)))
+    assert track.has_face.shape == (track.frame_count,) and track.frame_count == track.num_source_frames
+    assert track.has_face[:30].all() and not track.has_face[-30:].any()
+    assert (track.confidence[~track.has_face] == 0).all()
+    assert np.isfinite(track.expressions).all() and np.isfinite(track.rotations).all()
+    # Missing frames after the face hold its last value: the tail is constant.
+    assert np.ptp(track.translations[-30:], axis=0).max() < 1e-5
+    assert np.ptp(track.expressions[-30:], axis=0).max() < 1e-5
+    assert any("no face in" in w for w in track.warnings)
+    assert calls and calls[-1] == ("tracking", 1.0) and all(0.0 <= f <= 1.0 for _, f in calls)
+
+
+def test_track_max_frames(shared_media):
+    track = track_video(shared_media / "single_face.mp4", max_frames=10, smoothing=0.0)
+    assert track.frame_count == 10 and track.num_source_frames == 72 and track.truncated
+    assert track.expressions.shape == (10, 57)
+
+
+def test_video_without_face(shared_media):
+    with pytest.raises(InvalidInputError, match="No face found in no_face.mp4"):
+        track_video(shared_media / "no_face.mp4")
+
+
+# --------------------------------------------------------------------------- filters and gaps
+
+
+def test_one_euro_filter():
+    rng = np.random.default_rng(1)
+    t = np.arange(300) / 30.0
+    clean = np.stack([np.sin(2 * np.pi * 0.3 * t), np.full_like(t, 0.4)], 1)
+    noisy = clean + rng.normal(scale=0.05, size=clean.shape)
+    smooth = smooth_sequence(noisy, 30.0, 0.5)
+    assert np.abs(smooth - clean).mean() < 0.6 * np.abs(noisy - clean).mean()
+    np.testing.assert_array_equal(smooth_sequence(noisy, 30.0, 0.0), noisy)  # 0 = off
+    constant = OneEuroFilter(30.0).filter(np.full((20, 3), 2.5))
+    np.testing.assert_allclose(constant, 2.5)
+    with pytest.raises(ValueError):
+        smooth_sequence(noisy, 30.0, 1.5)
+
+
+def test_fill_gaps_and_short_runs():
+    values = np.array([[0.0], [1.0], [0.0], [3.0], [0.0], [0.0]])
+    valid = np.array([False, True, False, True, False, False])
+    np.testing.assert_allclose(fill_gaps(values, valid)[:, 0], [1, 1, 2, 3, 3, 3])
+    flags = np.array([1, 1, 1, 1, 0, 0, 1, 0, 1, 1, 0], bool)
+    np.testing.assert_array_equal(drop_short_runs(flags, 3), [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(drop_short_runs(np.array([0, 1, 0], bool), 3), [0, 1, 0])
