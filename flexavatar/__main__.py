@@ -3,31 +3,181 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
-def _bench(args: argparse.Namespace, rest: list[str]) -> None:
+class _Bar:
+    """tqdm progress bar fed by the pipeline's (stage, fraction) callback."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if stage != self.stage:
+            self.close()
+            self.bar = self._tqdm(total=100, desc=stage, leave=True, bar_format="{desc:>16}: {bar} {percentage:3.0f}%")
+            self.stage = stage
+        self.bar.n = round(100 * fraction)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _model(args):
+    from flexavatar.pipeline import load_model
+
+    return load_model(args.weights, args.device)
+
+
+def _print_report(report: dict) -> None:
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _create(args, rest) -> None:
+    from flexavatar.pipeline import create_avatar
+
+    bar, report = _Bar(), {}
+    avatar = create_avatar(args.images, refine_seconds=args.refine, progress=bar, model=_model(args), report=report)
+    bar.close()
+    path = avatar.save(args.out)
+    _print_report(report)
+    print(f"wrote {path}")
+
+
+def _turntable(args, rest) -> None:
+    from flexavatar.pipeline import read_avatar, turntable
+
+    model = _model(args)
+    bar = _Bar()
+    path = turntable(read_avatar(args.avatar, model), frames=args.frames, fps=args.fps, elevation_deg=args.elevation,
+                     resolution=args.resolution, out_path=args.out, progress=bar, model=model)  # fmt: skip
+    bar.close()
+    print(f"wrote {path}")
+
+
+def _reenact(args, rest) -> None:
+    from flexavatar.pipeline import read_avatar, reenact
+
+    model = _model(args)
+    bar, report = _Bar(), {}
+    path = reenact(read_avatar(args.avatar, model), args.driving, relative=not args.absolute, smoothing=args.smoothing,
+                   side_by_side=args.side_by_side, max_seconds=args.max_seconds, resolution=args.resolution,
+                   out_path=args.out, progress=bar, model=model, report=report)  # fmt: skip
+    bar.close()
+    _print_report(report)
+    print(f"wrote {path}")
+
+
+def _run(args, rest) -> None:
+    from flexavatar.pipeline import run
+
+    bar, report = _Bar(), {}
+    paths = run(args.images, args.driving, args.out_dir, refine_seconds=args.refine, turntable_frames=args.frames,
+                resolution=args.resolution, relative=not args.absolute, smoothing=args.smoothing,
+                side_by_side=args.side_by_side, max_seconds=args.max_seconds, progress=bar, model=_model(args),
+                report=report)  # fmt: skip
+    bar.close()
+    _print_report(report)
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+
+
+def _bench(args, rest) -> None:
     from flexavatar.eval.bench import run_topic
 
     run_topic(args.topic, rest)
 
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=None, help="checkpoint folder or Hub repo id (default: shipped weights/)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def _add_render(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resolution", type=int, choices=[256, 512], default=256, help="output frame size")
+
+
+def _add_reenact(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--absolute", action="store_true", help="copy the driver's expression/pose instead of its motion")
+    p.add_argument("--smoothing", type=float, default=0.5, help="temporal smoothing 0 (off) .. 1 (strong)")
+    p.add_argument("--side-by-side", action="store_true", help="put the driving face left of the avatar")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="cut longer driving videos")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flexavatar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="print speed/memory figures for one part (see flexavatar/eval)")
-    bench.add_argument("topic", choices=["head", "render", "tracking", "model", "pipeline"])
-    bench.set_defaults(func=_bench)
+
+    p = sub.add_parser("create", help="photos -> .avatar file")
+    p.add_argument("images", nargs="+", help="1-4 photos of one person")
+    p.add_argument("--out", required=True, help="output .avatar path")
+    p.add_argument("--refine", type=float, default=0.0, help="seconds of test-time refinement (0 = off)")
+    _add_common(p)
+    p.set_defaults(func=_create)
+
+    p = sub.add_parser("turntable", help=".avatar -> 360° turntable mp4")
+    p.add_argument("avatar")
+    p.add_argument("--out", required=True)
+    p.add_argument("--frames", type=int, default=72)
+    p.add_argument("--fps", type=float, default=24)
+    p.add_argument("--elevation", type=float, default=10.0, help="camera elevation in degrees")
+    _add_render(p)
+    _add_common(p)
+    p.set_defaults(func=_turntable)
+
+    p = sub.add_parser("reenact", help=".avatar + driving video -> reenactment mp4 (keeps the audio)")
+    p.add_argument("avatar")
+    p.add_argument("driving")
+    p.add_argument("--out", required=True)
+    _add_reenact(p)
+    _add_render(p)
+    _add_common(p)
+    p.set_defaults(func=_reenact)
+
+    p = sub.add_parser("run", help="photos + driving video -> avatar, .ply, turntable and reenactment")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--driving", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--refine", type=float, default=0.0)
+    p.add_argument("--frames", type=int, default=72, help="turntable frames")
+    _add_reenact(p)
+    _add_render(p)
+    _add_common(p)
+    p.set_defaults(func=_run)
+
+    for name, module, helptext in (("train", "flexavatar.train.trainer", "train the network"),
+                                   ("eval", "flexavatar.eval.evaluate", "self-reenactment evaluation table")):  # fmt: skip
+        p = sub.add_parser(name, help=helptext, add_help=False)
+        p.set_defaults(func=lambda args, rest, module=module: __import__(module, fromlist=["main"]).main(rest))
+
+    p = sub.add_parser("bench", help="print speed/memory figures for one part")
+    p.add_argument("topic", choices=["head", "render", "tracking", "model", "pipeline"])
+    p.set_defaults(func=_bench)
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    from flexavatar.errors import InvalidInputError
+
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command != "bench" and rest:
+    if args.command not in ("bench", "train", "eval") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.func(args, rest)
+    try:
+        args.func(args, rest)
+    except InvalidInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

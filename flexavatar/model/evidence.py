@@ -89,7 +89,7 @@ def push_pull_fill(values: torch.Tensor, weights: torch.Tensor, levels: int = 7)
     coarse_w = F.avg_pool2d(weights, 2)
     coarse_v = F.avg_pool2d(values * weights, 2) / coarse_w.clamp_min(1e-8)
     coarse_filled = push_pull_fill(coarse_v, (coarse_w * 4).clamp(max=1), levels - 1)
-    up = F.interpolate(coarse_filled, scale_factor=2, mode="nearest")
+    up = F.interpolate(coarse_filled, scale_factor=2, mode="bilinear", align_corners=False)
     return values * weights + up * (1 - weights)
 
 

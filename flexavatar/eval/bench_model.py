@@ -1,0 +1,64 @@
+"""``python -m flexavatar bench model``: avatar creation, deform+render and refinement speed."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flexavatar.eval.bench import median_ms, peak_rss_mb
+
+MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
+PHOTOS = ["astronaut.png", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "single_face.jpg"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from flexavatar.pipeline import load_model
+    from flexavatar.refine import refine
+    from flexavatar.tracking import fit_head
+
+    parser = argparse.ArgumentParser(prog="flexavatar bench model")
+    parser.add_argument("--media", default=str(MEDIA), help="folder with the benchmark photos")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--refine-seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    model = load_model(args.weights)
+    print(f"device={model.device} threads={torch.get_num_threads()} config={model.config.name} "
+          f"gaussians={model.atlas.num_texels} model load {time.perf_counter() - start:.2f} s")  # fmt: skip
+    paths = [str(Path(args.media) / name) for name in PHOTOS]
+    size = model.config.crop_size
+    for count in (1, 4):
+        # the 4-image case uses different people: speed only, not quality
+        start = time.perf_counter()
+        fit = fit_head(paths[:count], resolution=size, num_identity=model.config.num_identity)
+        tracking_s = time.perf_counter() - start
+        crops = torch.from_numpy(np.stack([c.masked for c in fit.crops])).permute(0, 3, 1, 2).float() / 255
+        masks = torch.from_numpy(np.stack([c.mask for c in fit.crops]))[:, None].float()
+        inputs = (crops.to(model.device), masks.to(model.device), [c.to(model.device) for c in fit.cameras],
+                  fit.identity.to(model.device), fit.expressions.to(model.device))  # fmt: skip
+        with torch.no_grad():
+            ms = median_ms(lambda inputs=inputs: model.encode(*inputs), args.repeats, warmup=1)
+        print(f"create avatar, {count} image(s): feed-forward {ms / 1000:.3f} s   (tracking+fit {tracking_s:.2f} s)")
+    with torch.no_grad():
+        avatar = model.encode(*inputs)
+        camera = [inputs[2][0]]
+        gen = torch.Generator().manual_seed(0)
+        expressions = [torch.rand(1, 57, generator=gen).to(model.device) * 0.5 for _ in range(8)]
+        counter = iter(range(10**9))
+
+        def frame():
+            model.render(avatar, camera, expressions[next(counter) % len(expressions)])
+
+        ms = median_ms(frame, max(args.repeats, 10), warmup=2)
+        deform_ms = median_ms(lambda: model.deform(avatar, expressions[0]), max(args.repeats, 10), warmup=1)
+    print(f"deform+render {size}²: {ms:.1f} ms/frame ({1000 / ms:.1f} FPS)   of which deform {deform_ms:.1f} ms")
+    result = refine(model, avatar, inputs[0], inputs[2], inputs[4], seconds=args.refine_seconds)
+    print(f"refinement: {result.steps / result.seconds:.1f} steps/s ({result.steps} steps in {result.seconds:.1f} s), "
+          f"input-view PSNR {result.psnr_before:.2f} -> {result.psnr_after:.2f} dB")  # fmt: skip
+    print(f"peak RSS {peak_rss_mb():.0f} MiB")

@@ -1,0 +1,433 @@
+"""The public API: photos -> Avatar -> turntable / reenactment videos and exports.
+
+Every function takes and returns plain data (paths, numpy arrays, tensors, dataclasses); the
+Gradio app, the CLI and the tests call these same functions. ``progress(stage, fraction)`` is
+the one callback type for long steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flexavatar.camera import Camera, focal_from_fov, intrinsics, orbit_camera
+from flexavatar.errors import InvalidInputError
+from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
+
+Progress = Callable[[str, float], None]
+
+MAX_IMAGES = 4
+DEFAULT_MAX_SECONDS = 60.0
+TURNTABLE_FOV_DEG = 20.0
+TURNTABLE_DISTANCE_M = 0.85
+RENDER_CHUNK = 8  # frames rendered per deformer batch: bounds memory, whatever the video length
+WHITE = (255, 255, 255)
+
+
+def _report(progress: Progress | None, stage: str, fraction: float) -> None:
+    if progress is not None:
+        progress(stage, float(min(max(fraction, 0.0), 1.0)))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@functools.lru_cache(maxsize=2)
+def load_model(weights: str | None = None, device: str | None = None) -> FlexAvatarModel:
+    """The network, loaded once per (weights, device).
+
+    weights: a folder or Hub repo id with ``config.json`` + ``model.safetensors``; default: see
+    :func:`flexavatar.assets.resolve_weights_dir` (``$FLEXAVATAR_WEIGHTS`` > shipped ``weights/``
+    > Hub). Falls back to the untrained network, with a warning, when no checkpoint exists.
+    """
+    import warnings
+
+    from flexavatar import assets
+
+    device = torch.device(device) if device else default_device()
+    try:
+        folder = weights if weights and not Path(weights).is_dir() else str(assets.resolve_weights_dir(weights))
+        model = FlexAvatarModel.from_pretrained(folder)
+    except assets.AssetNotFoundError as exc:
+        warnings.warn(f"no trained FlexAvatar checkpoint found; using the untrained network.\n{exc}", stacklevel=2)
+        torch.manual_seed(0)
+        model = FlexAvatarModel()
+    return model.to(device).eval()
+
+
+def _as_model(model: FlexAvatarModel | None) -> FlexAvatarModel:
+    return model if model is not None else load_model()
+
+
+# ---------------------------------------------------------------------------------------- create
+def _image_list(images) -> list:
+    if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getbands"):
+        images = [images]  # one photo
+    images = list(images) if images is not None else []
+    if not images:
+        raise InvalidInputError("No photo given. Upload 1 to 4 photos of the same person.")
+    if len(images) > MAX_IMAGES:
+        raise InvalidInputError(
+            f"{len(images)} photos were given; at most {MAX_IMAGES} are supported. "
+            f"Keep the {MAX_IMAGES} clearest photos of the person."
+        )
+    return images
+
+
+def create_avatar(
+    images,
+    refine_seconds: float = 0.0,
+    progress: Progress | None = None,
+    model: FlexAvatarModel | None = None,
+    report: dict | None = None,
+) -> Avatar:
+    """1–4 photos of one person (paths, PIL images or uint8 HWC arrays) -> :class:`Avatar`.
+
+    No camera poses or expression labels: tracking estimates them. ``refine_seconds`` > 0 runs
+    test-time refinement for that long. ``report``, if given, receives plain facts: warnings,
+    per-image fit residual (px), refinement PSNR before/after and seconds per stage.
+    """
+    import time
+
+    from flexavatar.refine import refine
+    from flexavatar.tracking import fit_head
+
+    model = _as_model(model)
+    images = _image_list(images)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    _report(progress, "tracking", 0.0)
+    fit = fit_head(images, resolution=model.config.crop_size, num_identity=model.config.num_identity)
+    timings["tracking_s"] = time.perf_counter() - start
+    _report(progress, "tracking", 1.0)
+    device = model.device
+    crops = torch.from_numpy(np.stack([c.masked for c in fit.crops])).permute(0, 3, 1, 2).float().div(255).to(device)
+    masks = torch.from_numpy(np.stack([c.mask for c in fit.crops]))[:, None].float().to(device)
+    cameras = [c.to(device) for c in fit.cameras]
+    identity = fit.identity.to(device)
+    expressions = fit.expressions.to(device)
+    start = time.perf_counter()
+    _report(progress, "encoding", 0.0)
+    with torch.no_grad():
+        avatar = model.encode(crops, masks, cameras, identity, expressions)
+    timings["encode_s"] = time.perf_counter() - start
+    _report(progress, "encoding", 1.0)
+    refined = None
+    if refine_seconds and refine_seconds > 0:
+        refined = refine(model, avatar, crops, cameras, expressions, seconds=float(refine_seconds), progress=progress)
+        avatar = refined.avatar
+        timings["refine_s"] = refined.seconds
+    if report is not None:
+        report.update(
+            warnings=list(fit.warnings),
+            residual_px=[float(r) for r in fit.residual_px],
+            timings=timings,
+            num_images=len(images),
+        )
+        if refined is not None:
+            report.update(refine_psnr_before=refined.psnr_before, refine_psnr_after=refined.psnr_after,
+                          refine_steps=refined.steps)  # fmt: skip
+    return avatar
+
+
+def read_avatar(path: str | os.PathLike, model: FlexAvatarModel | None = None) -> Avatar:
+    """Load a ``.avatar`` file for ``model`` (validated; clear error if it is not one)."""
+    model = _as_model(model)
+    return load_avatar(path, model.avatar_shapes()).to(model.device)
+
+
+# ---------------------------------------------------------------------------------------- render
+def _to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    return (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def _background(background) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in background)
+    if len(values) != 3:
+        raise ValueError(f"background must be an RGB triple, got {background!r}")
+    return tuple(v / 255.0 for v in values) if max(values) > 1.0 else values
+
+
+def _expression_code(avatar: Avatar, expression) -> torch.Tensor:
+    """[1,57] on the avatar's device: ``expression`` or, if None, the source photo's."""
+    if expression is None:
+        return avatar.source_expression.reshape(1, 57)
+    code = torch.as_tensor(np.asarray(expression, dtype=np.float32)).reshape(1, 57)
+    return code.clamp(0, 1).to(avatar.device)
+
+
+def _out_path(out_path, suffix: str) -> Path:
+    if out_path is not None:
+        return Path(out_path)
+    handle, name = tempfile.mkstemp(suffix=suffix, prefix="flexavatar-")
+    os.close(handle)
+    os.unlink(name)  # the writer creates it atomically
+    return Path(name)
+
+
+def turntable_cameras(model: FlexAvatarModel, frames: int, elevation_deg: float, resolution: int) -> list[Camera]:
+    """``frames`` cameras on a full 360° orbit (frame i at 360·i/frames degrees) around the head."""
+    centre = model.head.head_centre().cpu()
+    focal = focal_from_fov(TURNTABLE_FOV_DEG, resolution)
+    return [
+        orbit_camera(360.0 * i / frames, elevation_deg, TURNTABLE_DISTANCE_M, centre, focal, resolution, resolution)
+        for i in range(frames)
+    ]
+
+
+def turntable(
+    avatar: Avatar,
+    frames: int = 72,
+    fps: float = 24,
+    elevation_deg: float = 10.0,
+    expression=None,
+    resolution: int = 256,
+    background=WHITE,
+    out_path=None,
+    progress: Progress | None = None,
+    model: FlexAvatarModel | None = None,
+) -> Path:
+    """A looping 360° orbit video (H.264 mp4) of ``avatar`` at a fixed expression.
+
+    expression: [57] ICT weights (default: the expression of the first input photo, which its
+    colours were lifted with). Frame i is at azimuth 360·i/frames, so the frame after the last
+    is the first again. Returns the mp4 path.
+    """
+    from flexavatar.render import rasterize
+    from flexavatar.video import VideoWriter
+
+    model = _as_model(model)
+    if not 1 <= int(frames) <= 1440:
+        raise InvalidInputError(f"turntable frames must be between 1 and 1440, got {frames}")
+    if int(resolution) not in (256, 512):
+        raise InvalidInputError(f"resolution must be 256 or 512, got {resolution}")
+    frames, resolution = int(frames), int(resolution)
+    avatar = avatar.to(model.device)
+    code = _expression_code(avatar, expression)
+    bg = torch.tensor(_background(background), device=model.device)
+    cameras = turntable_cameras(model, frames, elevation_deg, resolution)
+    out_path = _out_path(out_path, ".mp4")
+    with torch.no_grad():
+        gaussians = {k: v[0] for k, v in model.deform(avatar, code.to(model.device)).items()}
+        with VideoWriter(out_path, fps) as writer:
+            for start in range(0, frames, RENDER_CHUNK):
+                chunk = cameras[start : start + RENDER_CHUNK]
+                viewmats = torch.stack([c.viewmat for c in chunk]).to(model.device)
+                Ks = torch.stack([c.K for c in chunk]).to(model.device)
+                rgb, _, _ = rasterize(**gaussians, viewmats=viewmats, Ks=Ks, width=resolution, height=resolution,
+                                      background=bg)  # fmt: skip
+                for frame in _to_uint8(rgb):
+                    writer.write(frame)
+                _report(progress, "turntable", (start + len(chunk)) / frames)
+    return out_path
+
+
+# ---------------------------------------------------------------------------------------- reenact
+def _rotation_matrices(rotvecs: np.ndarray) -> np.ndarray:
+    from flexavatar.tracking.pose import axis_angle_to_matrix
+
+    return axis_angle_to_matrix(np.asarray(rotvecs, dtype=np.float64))
+
+
+def driving_cameras(
+    avatar: Avatar,
+    head_centre: np.ndarray,
+    rotations: np.ndarray,
+    translations: np.ndarray,
+    relative: bool,
+    resolution: int,
+) -> list[Camera]:
+    """Cameras that show the avatar with the driving video's head motion.
+
+    rotations [T,3] axis-angle, translations [T,3] m: the driver's head pose in its camera
+    (OpenCV). relative=True applies the motion since frame 0 on top of the avatar's own source
+    pose; False copies the driver's rotation (the head centre stays where the source put it,
+    plus the driver's motion). The head is fixed in canonical space, so the motion is a camera.
+    """
+    source = avatar.source_camera
+    viewmat = source.viewmat.double().cpu().numpy()
+    source_rot, source_t = viewmat[:3, :3], viewmat[:3, 3]
+    centre_cam = source_rot @ head_centre + source_t  # the head centre in the source camera
+    drive_rot = _rotation_matrices(rotations)  # [T,3,3]
+    drive_centre = drive_rot @ head_centre + translations  # [T,3]
+    # the driver's translation, rescaled to the source's distance, relative to its first frame
+    depth_ratio = centre_cam[2] / max(drive_centre[0, 2], 1e-6)
+    centre_motion = (drive_centre - drive_centre[0]) * depth_ratio
+    if relative:
+        new_rot = drive_rot @ drive_rot[0].T @ source_rot
+    else:
+        new_rot = drive_rot
+    new_centre = centre_cam + centre_motion
+    scale = resolution / source.width
+    K = source.K.clone().double()
+    K[:2] *= scale
+    cameras = []
+    for rot, centre in zip(new_rot, new_centre):
+        view = np.eye(4)
+        view[:3, :3] = rot
+        view[:3, 3] = centre - rot @ head_centre
+        cameras.append(Camera(torch.from_numpy(view).float(), K.float(), resolution, resolution))
+    return cameras
+
+
+def driving_expressions(avatar: Avatar, driver: np.ndarray, relative: bool) -> np.ndarray:
+    """[T,57] expressions for the avatar: the driver's, or its change since frame 0 added to
+    the avatar's source expression (so a driver who starts smiling does not leave a grin)."""
+    if not relative:
+        return np.clip(driver, 0, 1).astype(np.float32)
+    source = avatar.source_expression.cpu().numpy()
+    return np.clip(source[None] + driver - driver[:1], 0, 1).astype(np.float32)
+
+
+def _crop_frame(frame: np.ndarray, box, size: int) -> np.ndarray:
+    """Square crop (x0, y0, side in source pixels; may leave the frame: edge-padded) -> size²."""
+    import cv2
+
+    x0, y0, side = (float(v) for v in box)
+    scale = size / side
+    affine = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], dtype=np.float64)
+    return cv2.warpAffine(frame, affine, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+
+
+def reenact(
+    avatar: Avatar,
+    driving_video,
+    relative: bool = True,
+    smoothing: float = 0.5,
+    side_by_side: bool = False,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    resolution: int = 256,
+    background=WHITE,
+    out_path=None,
+    progress: Progress | None = None,
+    model: FlexAvatarModel | None = None,
+    report: dict | None = None,
+) -> Path:
+    """Drive ``avatar`` with the expressions and head motion of a video; returns an mp4 path.
+
+    The output keeps the driving video's fps and its audio track (trimmed to the rendered
+    length). Videos longer than ``max_seconds`` are cut (said in ``report['warnings']``).
+    ``side_by_side`` puts the driving crop left of the avatar. Frames stream from decoder to
+    encoder in chunks of :data:`RENDER_CHUNK`: memory does not grow with the video's length.
+    """
+    from flexavatar.tracking import track_video
+    from flexavatar.video import VideoWriter, iter_frames, probe_video
+
+    model = _as_model(model)
+    if int(resolution) not in (256, 512):
+        raise InvalidInputError(f"resolution must be 256 or 512, got {resolution}")
+    resolution = int(resolution)
+    info = probe_video(driving_video)  # clear errors for missing / empty / broken files
+    max_frames = max(1, int(math.floor(max_seconds * info.fps + 1e-6))) if max_seconds else None
+    track = track_video(
+        driving_video,
+        max_frames=max_frames,
+        smoothing=smoothing,
+        progress=(lambda stage, f: _report(progress, "tracking video", f)) if progress else None,
+    )
+    warnings = list(track.warnings)
+    if track.truncated:
+        warnings.append(
+            f"{Path(str(driving_video)).name} is {track.num_source_frames / track.fps:.1f} s long; "
+            f"only the first {max_seconds:g} s were used."
+        )
+    avatar = avatar.to(model.device)
+    head_centre = model.head.head_centre().double().cpu().numpy()
+    cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution)
+    expressions = torch.from_numpy(driving_expressions(avatar, track.expressions, relative))
+    bg = torch.tensor(_background(background), device=model.device)
+    total = len(cameras)
+    out_path = _out_path(out_path, ".mp4")
+    frames_iter = iter_frames(driving_video, max_frames=total) if side_by_side else None
+    try:
+        with torch.no_grad(), VideoWriter(out_path, track.fps, audio_from=driving_video) as writer:
+            for start in range(0, total, RENDER_CHUNK):
+                stop = min(total, start + RENDER_CHUNK)
+                rgb, _ = model.render(
+                    avatar, cameras[start:stop], expressions[start:stop].to(model.device), background=bg
+                )
+                for offset, frame in enumerate(_to_uint8(rgb)):
+                    if frames_iter is not None:
+                        driving = next(frames_iter)
+                        frame = np.concatenate([_crop_frame(driving, track.crop_boxes[start + offset], resolution), frame], 1)
+                    writer.write(frame)
+                _report(progress, "rendering", stop / total)
+    finally:
+        if frames_iter is not None:
+            frames_iter.close()
+    if report is not None:
+        report.update(warnings=warnings, frames=total, fps=track.fps,
+                      frames_without_face=int((~track.has_face).sum()))  # fmt: skip
+    return out_path
+
+
+# ---------------------------------------------------------------------------------------- export
+def export_ply(avatar: Avatar, path, expression=None, model: FlexAvatarModel | None = None) -> Path:
+    """The avatar's Gaussians at ``expression`` ([57], default: the source photo's) as a 3DGS .ply.
+
+    Positions are in canonical head space (metres, +y up, +z toward the viewer).
+    """
+    from flexavatar.export import save_ply
+
+    model = _as_model(model)
+    code = _expression_code(avatar, expression)
+    with torch.no_grad():
+        gaussians = model.deform(avatar.to(model.device), code.to(model.device))
+    path = Path(path)
+    save_ply(path, *(gaussians[k][0].cpu() for k in ("means", "quats", "scales", "opacities", "colors")))
+    return path
+
+
+def run(
+    images,
+    driving_video,
+    out_dir,
+    refine_seconds: float = 0.0,
+    turntable_frames: int = 72,
+    resolution: int = 256,
+    relative: bool = True,
+    smoothing: float = 0.5,
+    side_by_side: bool = False,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    background=WHITE,
+    progress: Progress | None = None,
+    model: FlexAvatarModel | None = None,
+    report: dict | None = None,
+) -> dict[str, Path]:
+    """Everything at once: avatar, .avatar, .ply, turntable and reenactment in ``out_dir``.
+
+    Returns {"avatar", "ply", "turntable", "reenactment"} -> paths.
+    """
+    from flexavatar.video import probe_video
+
+    model = _as_model(model)
+    _image_list(images)  # fail on bad counts before any work
+    if driving_video is not None:
+        probe_video(driving_video)  # fail on a broken video before writing anything
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = report if report is not None else {}
+    create_report: dict = {}
+    avatar = create_avatar(images, refine_seconds=refine_seconds, progress=progress, model=model, report=create_report)
+    paths = {"avatar": avatar.save(out_dir / "avatar.avatar")}
+    paths["ply"] = export_ply(avatar, out_dir / "avatar.ply", model=model)
+    paths["turntable"] = turntable(avatar, frames=turntable_frames, resolution=resolution, background=background,
+                                   out_path=out_dir / "turntable.mp4", progress=progress, model=model)  # fmt: skip
+    reenact_report: dict = {}
+    if driving_video is not None:
+        paths["reenactment"] = reenact(
+            avatar, driving_video, relative=relative, smoothing=smoothing, side_by_side=side_by_side,
+            max_seconds=max_seconds, resolution=resolution, background=background,
+            out_path=out_dir / "reenactment.mp4", progress=progress, model=model, report=reenact_report,
+        )  # fmt: skip
+    report.update(create=create_report, reenact=reenact_report,
+                  warnings=create_report.get("warnings", []) + reenact_report.get("warnings", []))  # fmt: skip
+    return paths
