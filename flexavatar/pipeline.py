@@ -333,12 +333,7 @@ def reenact(
         smoothing=smoothing,
         progress=(lambda stage, f: _report(progress, "tracking video", f)) if progress else None,
     )
-    warnings = list(track.warnings)
-    if track.truncated:
-        warnings.append(
-            f"{Path(str(driving_video)).name} is {track.num_source_frames / track.fps:.1f} s long; "
-            f"only the first {max_seconds:g} s were used."
-        )
+    warnings = list(track.warnings)  # includes the cut, when the video was longer than max_seconds
     avatar = avatar.to(model.device)
     head_centre = model.head.head_centre().double().cpu().numpy()
     cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution)

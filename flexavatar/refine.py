@@ -98,7 +98,7 @@ def refine(
         loss.backward()
         optimiser.step()
         step += 1
-        result.losses.append(float(loss))
+        result.losses.append(loss.item())
         result.psnr_curve.append(current_psnr)
         if progress is not None:
             fraction = step / max_steps if steps is not None else (time.perf_counter() - start) / seconds

@@ -54,3 +54,34 @@ def untrained_model():
 
     torch.manual_seed(0)
     return FlexAvatarModel().eval()
+
+
+# ------------------------------------------------------------------------------ app (Gradio Space)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def app_module(tmp_path_factory):
+    """``app.py`` imported with its per-request outputs in a temp folder and 2 concurrent jobs
+    (so concurrent requests really overlap in the tests; the Space default is 1)."""
+    import importlib
+    import sys
+
+    os.environ["FLEXAVATAR_APP_TMP"] = str(tmp_path_factory.mktemp("app-outputs"))
+    os.environ["FLEXAVATAR_CONCURRENCY"] = "2"
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module("app")
+
+
+@pytest.fixture(scope="session")
+def app_url(app_module):
+    """The app served on a free localhost port for the whole session; closed at the end."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app_module.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app_module.demo.close()

@@ -108,7 +108,7 @@ def test_reenactment_is_cut_at_max_seconds(tmp_path, shared_media, model):
     out = pipeline.reenact(avatar, shared_media / "single_face.mp4", max_seconds=1.0, out_path=tmp_path / "cut.mp4",
                            model=model, report=report)  # fmt: skip
     assert probe_video(out).frame_count == 30
-    assert any("only the first 1 s" in w for w in report["warnings"])
+    assert any("tracked the first 30 of 72 frames" in w for w in report["warnings"])
 
 
 def test_bad_inputs_fail_clearly_and_leave_nothing(tmp_path, shared_media, model):
