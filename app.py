@@ -22,14 +22,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import gradio as gr
-import spaces
-import torch
-from PIL import Image
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see flexavatar/__init__.py
+import gradio as gr  # noqa: E402
+import spaces  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from flexavatar import pipeline
-from flexavatar.errors import InvalidInputError
-from flexavatar.export import load_ply, save_ply
+from flexavatar import pipeline  # noqa: E402
+from flexavatar.errors import InvalidInputError  # noqa: E402
+from flexavatar.export import load_ply, save_ply  # noqa: E402
 
 log = logging.getLogger("flexavatar.app")
 

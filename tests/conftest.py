@@ -13,6 +13,7 @@ MEDIA = SHARED / "media"
 
 # Set before any test imports project code: tests never touch the network.
 os.environ.setdefault("FLEXAVATAR_ASSETS", str(ASSETS))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see flexavatar/__init__.py
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
