@@ -35,6 +35,19 @@ class RefineResult:
     seconds: float = 0.0
 
 
+def _channel_steps(channels: int, device) -> torch.Tensor:
+    """Per-channel step size of the static maps ([C,1,1]): Adam moves each parameter by about
+    ``learning_rate`` per step, so this sets how far colour (0-1), offsets (cm), log-scales,
+    opacity logits and rotations may move per step."""
+    steps = torch.ones(channels, device=device)
+    steps[ATTRIBUTE_SLICES["colour"]] = 1.0
+    steps[ATTRIBUTE_SLICES["offset"]] = 2.0
+    steps[ATTRIBUTE_SLICES["scale"]] = 1.5
+    steps[ATTRIBUTE_SLICES["opacity"]] = 3.0
+    steps[ATTRIBUTE_SLICES["rotation"]] = 1.0
+    return steps[:, None, None]
+
+
 def _regulariser_weights(channels: int, device) -> torch.Tensor:
     """Per-channel pull toward the prediction: geometry firmly, colour lightly."""
     weights = torch.full((channels,), 1.0, device=device)
@@ -61,53 +74,76 @@ def refine(
     crops [V,3,S,S] in [0,1], masked with the same ``background`` the renders use; cameras: V
     fitted cameras; expressions [V,57]. Stops after ``seconds`` (wall clock) or ``steps``,
     whichever comes first. ``progress(stage, fraction)`` is called every step.
+
+    The loss covers the whole crop (so Gaussians may grow toward hair the template lacks),
+    twice as strongly inside the head region (where the initial avatar renders, alpha > 0.5).
+    PSNR is measured in that head region, the part of the photo the avatar stands for.
     """
     device = model.device
     crops = crops.to(device)
     expressions = expressions.to(device)
     target = crops.permute(0, 2, 3, 1)  # [V,S,S,3]
     initial = avatar.static_maps.detach().clone()
-    static = initial.clone().requires_grad_(True)
-    params = [static]
+    delta = torch.zeros_like(initial, requires_grad=True)
+    channel_steps = _channel_steps(initial.shape[0], device)
+    params = [delta]
     features = avatar.identity_features.detach().clone()
+    dynamic = None
     if optimise_features:
         features.requires_grad_(True)
         params.append(features)
+    else:  # the deformer's output does not change: run it once, not every step
+        with torch.no_grad():
+            dynamic = model.dynamic_maps(avatar, expressions)
     optimiser = torch.optim.Adam(params, lr=learning_rate)
     reg_weights = _regulariser_weights(initial.shape[0], device)
     atlas_mask = model.atlas.mask.to(initial.dtype)
+    for p in model.parameters():  # only the avatar is fitted
+        p.requires_grad_(False)
+
+    with torch.no_grad():
+        _, alpha = model.render(avatar, cameras, expressions, background=background, dynamic=dynamic)
+    head_region = alpha > 0.5  # [V,S,S,1]
+    pixel_weight = (1.0 + head_region.float()).permute(0, 3, 1, 2)  # [V,1,S,S]
 
     result = RefineResult(avatar=avatar)
     best_psnr, best_state = -1.0, (initial, avatar.identity_features.detach())
     start = time.perf_counter()
     step = 0
     max_steps = steps if steps is not None else 10**9
-    while step < max_steps and (time.perf_counter() - start) < seconds:
-        current = replace(avatar, static_maps=static, identity_features=features)
-        rgb, _ = model.render(current, cameras, expressions, background=background)
-        current_psnr = psnr(rgb.detach(), target)
-        if current_psnr > best_psnr:  # the state *before* this step's update
-            best_psnr = current_psnr
-            best_state = (static.detach().clone(), features.detach().clone())
-        prediction = rgb.permute(0, 3, 1, 2)
-        l1 = (prediction - crops).abs().mean()
-        structural = 1 - ssim_map(prediction, crops).mean()
-        pull = ((static - initial).square() * reg_weights * atlas_mask).mean()
-        loss = l1 + SSIM_WEIGHT * structural + regularisation * pull
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        step += 1
-        result.losses.append(loss.item())
-        result.psnr_curve.append(current_psnr)
-        if progress is not None:
-            fraction = step / max_steps if steps is not None else (time.perf_counter() - start) / seconds
-            progress("refine", min(1.0, fraction))
-    with torch.no_grad():  # the last update was never scored: score it once
-        final = replace(avatar, static_maps=static.detach(), identity_features=features.detach())
-        final_psnr = psnr(model.render(final, cameras, expressions, background=background)[0], target)
-        if final_psnr > best_psnr:
-            best_psnr, best_state = final_psnr, (static.detach().clone(), features.detach().clone())
+    try:
+        while step < max_steps and (time.perf_counter() - start) < seconds:
+            static = initial + delta * channel_steps
+            current = replace(avatar, static_maps=static, identity_features=features)
+            rgb, _ = model.render(current, cameras, expressions, background=background, dynamic=dynamic)
+            current_psnr = psnr(rgb.detach(), target, head_region)
+            if current_psnr > best_psnr:  # the state *before* this step's update
+                best_psnr = current_psnr
+                best_state = (static.detach().clone(), features.detach().clone())
+            prediction = rgb.permute(0, 3, 1, 2)
+            l1 = ((prediction - crops).abs() * pixel_weight).mean()
+            structural = ((1 - ssim_map(prediction, crops)) * pixel_weight).mean()
+            pull = ((static - initial).square() * reg_weights * atlas_mask).mean()
+            loss = l1 + SSIM_WEIGHT * structural + regularisation * pull
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            step += 1
+            result.losses.append(loss.item())
+            result.psnr_curve.append(current_psnr)
+            if progress is not None:
+                fraction = step / max_steps if steps is not None else (time.perf_counter() - start) / seconds
+                progress("refine", min(1.0, fraction))
+        with torch.no_grad():  # the last update was never scored: score it once
+            static = initial + delta.detach() * channel_steps
+            final = replace(avatar, static_maps=static, identity_features=features.detach())
+            rendered = model.render(final, cameras, expressions, background=background, dynamic=dynamic)[0]
+            final_psnr = psnr(rendered, target, head_region)
+            if final_psnr > best_psnr:
+                best_psnr, best_state = final_psnr, (static.clone(), features.detach().clone())
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
     result.avatar = replace(avatar, static_maps=best_state[0], identity_features=best_state[1])
     result.psnr_before = result.psnr_curve[0] if result.psnr_curve else final_psnr
     result.psnr_after = best_psnr

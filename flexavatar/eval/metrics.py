@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 
 def _to_bchw(image: torch.Tensor) -> torch.Tensor:
-    """[H,W,C] / [B,H,W,C] (channels last) or [B,C,H,W] -> [B,C,H,W]."""
+    """[H,W] (a mask), [H,W,C] / [B,H,W,C] (channels last) or [B,C,H,W] -> [B,C,H,W]."""
+    if image.ndim == 2:
+        return image[None, None]
     if image.ndim == 3:
         image = image[None]
     if image.shape[-1] in (1, 3) and image.shape[1] not in (1, 3):

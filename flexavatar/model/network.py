@@ -141,25 +141,36 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         scale = (neutral[0].std(0).norm() / self.head.neutral.std(0).norm()).clamp(0.7, 1.4)
         return self.template_spacing * scale
 
-    def deform(
+    def dynamic_maps(
         self, avatar: Avatar, expressions: torch.Tensor, data_source: int | torch.Tensor = 0
+    ) -> torch.Tensor:
+        """Deformer output for expressions [B,57]: per-texel deltas [B,14,R,R]."""
+        expressions = expressions.to(self.device)
+        neutral_map = self.atlas.position_map(self.head.vertices(avatar.identity[None]))
+        offset_map = self.atlas.position_map(self.mesh(avatar.identity, expressions)) - neutral_map
+        return self.deformer(avatar.identity_features[None], offset_map, neutral_map, data_source)
+
+    def deform(
+        self,
+        avatar: Avatar,
+        expressions: torch.Tensor,
+        data_source: int | torch.Tensor = 0,
+        dynamic: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Gaussians of ``avatar`` under expressions [B,57], in canonical head space.
 
         Returns means [B,N,3] m, quats [B,N,4], scales [B,N,3] m, opacities [B,N], colors [B,N,3].
-        ``data_source`` selects the bias sink (0 multi-view: always at inference).
+        ``data_source`` selects the bias sink (0 multi-view: always at inference). ``dynamic``:
+        precomputed :meth:`dynamic_maps` for these expressions (refinement reuses them).
         """
         expressions = expressions.to(self.device)
-        vertices = self.mesh(avatar.identity, expressions)
-        neutral = self.head.vertices(avatar.identity[None])
-        neutral_map = self.atlas.position_map(neutral)
-        offset_map = self.atlas.position_map(vertices) - neutral_map
-        dynamic = self.deformer(avatar.identity_features[None], offset_map, neutral_map, data_source)
+        if dynamic is None:
+            dynamic = self.dynamic_maps(avatar, expressions, data_source)
         attributes = self.atlas.gather(avatar.static_maps[None] + dynamic)  # [B,N,14]
         cfg = self.config
         return gaussians_from_attributes(
             self.atlas,
-            vertices,
+            self.mesh(avatar.identity, expressions),
             attributes,
             self.spacing(avatar.identity),
             cfg.scale_tangent,
@@ -176,15 +187,17 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         background=(1.0, 1.0, 1.0),
         backend: str = "auto",
         data_source: int = 0,
+        dynamic: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Render frame b with expressions[b] from cameras[b]: rgb [B,H,W,3], alpha [B,H,W,1].
 
         All cameras share one image size. Differentiable w.r.t. the avatar's tensors and the
-        network. ``data_source`` is the bias sink (training only; 0 at inference).
+        network. ``data_source`` is the bias sink (training only; 0 at inference); ``dynamic`` as
+        in :meth:`deform`.
         """
         from flexavatar.render import rasterize
 
-        gaussians = self.deform(avatar, expressions, data_source)
+        gaussians = self.deform(avatar, expressions, data_source, dynamic)
         viewmats, Ks = stack_cameras(cameras)
         viewmats, Ks = viewmats.to(self.device), Ks.to(self.device)
         bg = torch.as_tensor(background, dtype=torch.float32, device=self.device)
