@@ -78,7 +78,6 @@ No camera poses or expression labels needed. On the free CPU machine a run takes
 """
 
 MODEL = pipeline.load_model()  # loaded once, at start-up
-HEAD_CENTRE = MODEL.head.head_centre().detach().float().cpu()  # [3] m, the 3D viewer's pivot
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -226,22 +225,15 @@ def save_preview(avatar, path: Path) -> Path:
 
 @user_errors("showing the 3D view")
 def viewer_ply(ply_file) -> str | None:
-    """A copy of the avatar's ``.ply`` for the in-page viewer (Gradio's gsplat.js renderer).
-
-    That viewer assumes the usual 3DGS/COLMAP axes (y down, z away from its camera) and orbits
-    the origin from 5 units away; our export is in metres, +y up, +z out of the face. So the copy
-    is centred on the head, scaled by :data:`VIEWER_SCALE` and turned 180° about x: the head
-    appears upright, facing you, filling the view. The download keeps the standard file.
-    """
+    """A copy of the avatar's ``.ply`` for the in-page viewer (Gradio's gsplat.js renderer), which
+    orbits the origin from 5 units away: the ~0.3 m head (already centred and upright, see
+    ``pipeline.export_ply``) is scaled by :data:`VIEWER_SCALE` to fill the view."""
     path = file_path(ply_file)
     if not path:
         return None
     means, quats, scales, opacities, colors = load_ply(path)
-    flip = torch.tensor([1.0, -1.0, -1.0])
-    means = (means - HEAD_CENTRE) * flip * VIEWER_SCALE
-    quats = torch.stack([-quats[:, 1], quats[:, 0], -quats[:, 3], quats[:, 2]], dim=1)  # (1,0,0,0)-quat ⊗ q
     with request_dir() as out:
-        return str(save_ply(out / "avatar_view.ply", means, quats, scales * VIEWER_SCALE, opacities, colors))
+        return str(save_ply(out / "avatar_view.ply", means * VIEWER_SCALE, quats, scales * VIEWER_SCALE, opacities, colors))
 
 
 # ------------------------------------------------------------------------------- GPU-bound work

@@ -11,13 +11,13 @@ import functools
 import math
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from flexavatar.camera import Camera, focal_from_fov, intrinsics, orbit_camera
+from flexavatar.camera import Camera, focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
 
@@ -270,7 +270,7 @@ def driving_cameras(
     K = source.K.clone().double()
     K[:2] *= scale
     cameras = []
-    for rot, centre in zip(new_rot, new_centre):
+    for rot, centre in zip(new_rot, new_centre, strict=True):
         view = np.eye(4)
         view[:3, :3] = rot
         view[:3, 3] = centre - rot @ head_centre
@@ -365,19 +365,37 @@ def reenact(
 
 
 # ---------------------------------------------------------------------------------------- export
-def export_ply(avatar: Avatar, path, expression=None, model: FlexAvatarModel | None = None) -> Path:
+def export_ply(
+    avatar: Avatar,
+    path,
+    expression=None,
+    model: FlexAvatarModel | None = None,
+    axes: str = "viewer",
+    scale: float = 1.0,
+) -> Path:
     """The avatar's Gaussians at ``expression`` ([57], default: the source photo's) as a 3DGS .ply.
 
-    Positions are in canonical head space (metres, +y up, +z toward the viewer).
+    axes="viewer" (default): centred on the head, +y down and +z away from the viewer — the
+    axes of COLMAP-made 3DGS scenes that splat viewers (SuperSplat, gsplat.js, Gradio's
+    Model3D) assume, so the head opens upright and facing you. axes="head": canonical head
+    space (+y up, +z out of the face). ``scale`` multiplies positions and sizes (metres at 1).
     """
     from flexavatar.export import save_ply
 
+    if axes not in ("viewer", "head"):
+        raise ValueError(f"axes must be 'viewer' or 'head', got {axes!r}")
     model = _as_model(model)
-    code = _expression_code(avatar, expression)
+    code = _expression_code(avatar.to(model.device), expression)
     with torch.no_grad():
-        gaussians = model.deform(avatar.to(model.device), code.to(model.device))
+        gaussians = {k: v[0].cpu() for k, v in model.deform(avatar.to(model.device), code).items()}
+    means, quats = gaussians["means"], gaussians["quats"]
+    if axes == "viewer":
+        # a 180° turn about x: (x, y, z) -> (x, -y, -z); as a quaternion (0,1,0,0) ⊗ q
+        means = (means - model.head.head_centre().cpu()) * torch.tensor([1.0, -1.0, -1.0])
+        w, x, y, z = quats.unbind(-1)
+        quats = torch.stack([-x, w, -z, y], -1)
     path = Path(path)
-    save_ply(path, *(gaussians[k][0].cpu() for k in ("means", "quats", "scales", "opacities", "colors")))
+    save_ply(path, means * scale, quats, gaussians["scales"] * scale, gaussians["opacities"], gaussians["colors"])
     return path
 
 

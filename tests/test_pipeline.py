@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from media_checks import assert_faststart, audio_seconds, ffmpeg, ffmpeg_info
 
@@ -141,3 +141,18 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "notes.jpg" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.avatar").exists()
+
+
+def test_ply_axes_for_splat_viewers(tmp_path, shared_media, model):
+    from flexavatar.export import load_ply
+    from flexavatar.rotations import quat_to_matrix
+
+    avatar = pipeline.create_avatar(shared_media / "astronaut.png", model=model)
+    head = load_ply(pipeline.export_ply(avatar, tmp_path / "head.ply", axes="head", model=model))
+    view = load_ply(pipeline.export_ply(avatar, tmp_path / "view.ply", model=model))
+    centre = model.head.head_centre()
+    flip = torch.tensor([1.0, -1.0, -1.0])
+    assert torch.allclose(view[0], (head[0] - centre) * flip, atol=1e-5)  # centred, y down, z away
+    assert torch.allclose(quat_to_matrix(view[1]), torch.diag(flip) @ quat_to_matrix(head[1]), atol=1e-5)
+    top = head[0][:, 1].argmax()
+    assert view[0][top, 1] < 0  # the crown is up on screen (y down)

@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> None:
         for batch in (1, 64):
             identity = torch.randn(batch, head.num_identity, generator=gen)
             expression = torch.rand(batch, 57, generator=gen)
-            ms = median_ms(lambda: head.vertices(identity, expression), args.repeats)
+            ms = median_ms(lambda i=identity, e=expression: head.vertices(i, e), args.repeats)
             print(f"vertices            B={batch:<3d}  {ms:8.2f} ms")
         verts = head.vertices(torch.randn(1, head.num_identity, generator=gen), torch.rand(1, 57, generator=gen))
         for resolution in (128, 256):
             atlas = UVAtlas.for_head(head, resolution)
-            ms = median_ms(lambda: atlas.position_map(verts), args.repeats)
+            ms = median_ms(lambda a=atlas: a.position_map(verts), args.repeats)
             print(f"uv position map     R={resolution:<3d}  {ms:8.2f} ms   ({atlas.num_texels} texels)")
