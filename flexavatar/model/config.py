@@ -30,7 +30,7 @@ class FlexAvatarConfig:
     identity_channels: int = 16  # channels of the identity feature map F_id
     # deformer (diffusers UNet2DModel)
     deformer_channels: tuple[int, ...] = (16, 32, 64)
-    deformer_downsample: int = 2  # the UNet runs at atlas_resolution / this; deltas upsampled back
+    deformer_downsample: int = 4  # the UNet runs at atlas_resolution / this; deltas upsampled back
     num_data_sources: int = 2  # bias sinks: 0 = multi-view, 1 = monocular
     # gaussian field
     scale_tangent: float = 0.6  # in-plane sigma as a fraction of the texel spacing

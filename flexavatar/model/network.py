@@ -135,19 +135,30 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         )
 
     # ------------------------------------------------------------------ deform
-    def spacing(self, identity: torch.Tensor) -> torch.Tensor:
-        """Texel spacing [N] metres for this identity (the template's, scaled by head size)."""
-        neutral = self.head.vertices(identity[None])
+    def spacing(self, neutral: torch.Tensor) -> torch.Tensor:
+        """Texel spacing [N] metres on a neutral mesh [1,V,3] (the template's, scaled by head size)."""
         scale = (neutral[0].std(0).norm() / self.head.neutral.std(0).norm()).clamp(0.7, 1.4)
         return self.template_spacing * scale
 
     def dynamic_maps(
-        self, avatar: Avatar, expressions: torch.Tensor, data_source: int | torch.Tensor = 0
+        self,
+        avatar: Avatar,
+        expressions: torch.Tensor,
+        data_source: int | torch.Tensor = 0,
+        vertices: torch.Tensor | None = None,
+        neutral: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Deformer output for expressions [B,57]: per-texel deltas [B,14,R,R]."""
+        """Deformer output for expressions [B,57]: per-texel deltas [B,14,R,R].
+
+        vertices [B,V,3] / neutral [1,V,3]: the deformed and neutral meshes, if already at hand.
+        """
         expressions = expressions.to(self.device)
-        neutral_map = self.atlas.position_map(self.head.vertices(avatar.identity[None]))
-        offset_map = self.atlas.position_map(self.mesh(avatar.identity, expressions)) - neutral_map
+        if neutral is None:
+            neutral = self.head.vertices(avatar.identity[None])
+        if vertices is None:
+            vertices = self.mesh(avatar.identity, expressions)
+        neutral_map = self.atlas.position_map(neutral)
+        offset_map = self.atlas.position_map(vertices) - neutral_map
         return self.deformer(avatar.identity_features[None], offset_map, neutral_map, data_source)
 
     def deform(
@@ -164,15 +175,17 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         precomputed :meth:`dynamic_maps` for these expressions (refinement reuses them).
         """
         expressions = expressions.to(self.device)
+        neutral = self.head.vertices(avatar.identity[None])
+        vertices = self.mesh(avatar.identity, expressions)
         if dynamic is None:
-            dynamic = self.dynamic_maps(avatar, expressions, data_source)
+            dynamic = self.dynamic_maps(avatar, expressions, data_source, vertices, neutral)
         attributes = self.atlas.gather(avatar.static_maps[None] + dynamic)  # [B,N,14]
         cfg = self.config
         return gaussians_from_attributes(
             self.atlas,
-            self.mesh(avatar.identity, expressions),
+            vertices,
             attributes,
-            self.spacing(avatar.identity),
+            self.spacing(neutral),
             cfg.scale_tangent,
             cfg.scale_normal,
             cfg.offset_unit_m,
