@@ -287,16 +287,6 @@ def driving_expressions(avatar: Avatar, driver: np.ndarray, relative: bool) -> n
     return np.clip(source[None] + driver - driver[:1], 0, 1).astype(np.float32)
 
 
-def _crop_frame(frame: np.ndarray, box, size: int) -> np.ndarray:
-    """Square crop (x0, y0, side in source pixels; may leave the frame: edge-padded) -> size²."""
-    import cv2
-
-    x0, y0, side = (float(v) for v in box)
-    scale = size / side
-    affine = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], dtype=np.float64)
-    return cv2.warpAffine(frame, affine, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-
-
 def reenact(
     avatar: Avatar,
     driving_video,
@@ -318,7 +308,7 @@ def reenact(
     ``side_by_side`` puts the driving crop left of the avatar. Frames stream from decoder to
     encoder in chunks of :data:`RENDER_CHUNK`: memory does not grow with the video's length.
     """
-    from flexavatar.tracking import track_video
+    from flexavatar.tracking import track_video, warp_crop
     from flexavatar.video import VideoWriter, iter_frames, probe_video
 
     model = _as_model(model)
@@ -352,7 +342,7 @@ def reenact(
                 for offset, frame in enumerate(_to_uint8(rgb)):
                     if frames_iter is not None:
                         driving = next(frames_iter)
-                        frame = np.concatenate([_crop_frame(driving, track.crop_boxes[start + offset], resolution), frame], 1)
+                        frame = np.concatenate([warp_crop(driving, track.crop_boxes[start + offset], resolution), frame], 1)
                     writer.write(frame)
                 _report(progress, "rendering", stop / total)
     finally:
