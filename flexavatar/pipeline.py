@@ -231,12 +231,6 @@ def turntable(
 
 
 # ---------------------------------------------------------------------------------------- reenact
-def _rotation_matrices(rotvecs: np.ndarray) -> np.ndarray:
-    from flexavatar.tracking.pose import axis_angle_to_matrix
-
-    return axis_angle_to_matrix(np.asarray(rotvecs, dtype=np.float64))
-
-
 def driving_cameras(
     avatar: Avatar,
     head_centre: np.ndarray,
@@ -256,7 +250,9 @@ def driving_cameras(
     viewmat = source.viewmat.double().cpu().numpy()
     source_rot, source_t = viewmat[:3, :3], viewmat[:3, 3]
     centre_cam = source_rot @ head_centre + source_t  # the head centre in the source camera
-    drive_rot = _rotation_matrices(rotations)  # [T,3,3]
+    from flexavatar.tracking.pose import axis_angle_to_matrix
+
+    drive_rot = axis_angle_to_matrix(rotations)  # [T,3,3] float64
     drive_centre = drive_rot @ head_centre + translations  # [T,3]
     # the driver's translation, rescaled to the source's distance, relative to its first frame
     depth_ratio = centre_cam[2] / max(drive_centre[0, 2], 1e-6)
