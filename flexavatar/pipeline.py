@@ -19,6 +19,7 @@ import torch
 
 from flexavatar.camera import Camera, focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
+from flexavatar.head.blendshapes import EXPRESSION_INDEX
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
 
 Progress = Callable[[str, float], None]
@@ -228,6 +229,72 @@ def turntable(
                     writer.write(frame)
                 _report(progress, "turntable", (start + len(chunk)) / frames)
     return out_path
+
+
+# ---------------------------------------------------------------------------------------- stills
+#: Slider name -> the ICT blendshapes it sets (both sides for paired shapes).
+EXPRESSION_CONTROLS: dict[str, tuple[str, ...]] = {
+    "jaw_open": ("jawOpen",),
+    "smile": ("mouthSmile_L", "mouthSmile_R"),
+    "blink": ("eyeBlink_L", "eyeBlink_R"),
+    "brows_up": ("browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R"),
+    "frown": ("browDown_L", "browDown_R"),
+    "pucker": ("mouthPucker",),
+    "eyes_wide": ("eyeWide_L", "eyeWide_R"),
+}
+
+
+def expression_from_controls(avatar: Avatar, controls: dict[str, float] | None) -> np.ndarray:
+    """[57] ICT weights: the avatar's source expression with each named control's blendshapes
+    set to its value in [0,1] (see :data:`EXPRESSION_CONTROLS`)."""
+    code = avatar.source_expression.detach().cpu().numpy().astype(np.float32).copy()
+    for name, value in (controls or {}).items():
+        if name not in EXPRESSION_CONTROLS:
+            raise InvalidInputError(f"unknown expression control {name!r}; use one of {', '.join(EXPRESSION_CONTROLS)}")
+        code[[EXPRESSION_INDEX[shape] for shape in EXPRESSION_CONTROLS[name]]] = float(np.clip(value, 0.0, 1.0))
+    return code
+
+
+def render_still(
+    avatar: Avatar,
+    expression_controls: dict[str, float] | None = None,
+    yaw_deg: float = 0.0,
+    pitch_deg: float = 0.0,
+    resolution: int = 256,
+    background=WHITE,
+    model: FlexAvatarModel | None = None,
+) -> np.ndarray:
+    """One frame [S,S,3] uint8 of ``avatar`` with expression controls and a head turn.
+
+    yaw_deg > 0 turns the head to its own left, pitch_deg > 0 lifts the chin (degrees, within
+    ±90 / ±60); the camera is the turntable's. Controls as in :func:`expression_from_controls`.
+    """
+    model = _as_model(model)
+    if not (64 <= int(resolution) <= 1024):
+        raise InvalidInputError(f"resolution must be between 64 and 1024 pixels, got {resolution}")
+    if abs(yaw_deg) > 90 or abs(pitch_deg) > 60:
+        raise InvalidInputError(f"head yaw must be within ±90° and pitch within ±60°, got {yaw_deg}, {pitch_deg}")
+    avatar, size = avatar.to(model.device), int(resolution)
+    code = torch.from_numpy(expression_from_controls(avatar, expression_controls))[None]
+    camera = orbit_camera(-yaw_deg, -pitch_deg, TURNTABLE_DISTANCE_M, model.head.head_centre().cpu(),
+                          focal_from_fov(TURNTABLE_FOV_DEG, size), size, size)  # fmt: skip
+    with torch.no_grad():
+        rgb, _ = model.render(avatar, [camera], code, background=_background(background))
+    return _to_uint8(rgb[0])
+
+
+def blend_avatars(first: Avatar, second: Avatar, t: float) -> Avatar:
+    """The avatar a fraction ``t`` in [0,1] of the way from ``first`` to ``second`` (identity,
+    UV maps and F_id interpolated; source camera and expression from ``first``)."""
+    if not 0.0 <= float(t) <= 1.0:
+        raise InvalidInputError(f"the blend weight must be between 0 and 1, got {t}")
+    try:
+        return first.lerp(second, float(t))
+    except ValueError:
+        raise InvalidInputError(
+            f"the two avatars were made by different networks ({first.config_name!r}, {second.config_name!r}) "
+            "and cannot be blended; create both with the same FlexAvatar version"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------- reenact

@@ -1,0 +1,231 @@
+"""Live driving: one camera frame in, one rendered avatar frame out, as fast as they come.
+
+A :class:`LiveSession` belongs to one viewer (one browser tab, one CLI window). Per frame it
+tracks the face with its own VIDEO-mode MediaPipe landmarker (tracking between frames is
+faster than detecting each one), smooths expression and head pose causally (a One Euro
+filter: a lag-free backward pass is impossible live), takes the motion relative to the
+*neutral* frame (the first frame with a face, or the first after :meth:`LiveSession.reset_neutral`)
+and renders the avatar with it, through the same relative-motion functions as ``reenact``.
+
+Frames are dropped, never queued: a frame older than the last one processed, or one that
+arrives while the session is still busy with another, returns ``None`` at once. A viewer who
+falls behind therefore sees the newest frame next, not a growing backlog.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from flexavatar.errors import InvalidInputError
+from flexavatar.head.blendshapes import mediapipe_to_ict
+from flexavatar.model import Avatar, FlexAvatarModel
+from flexavatar.pipeline import (
+    WHITE,
+    _background,
+    _to_uint8,
+    driving_cameras,
+    driving_expressions,
+    load_model,
+)
+from flexavatar.tracking.correspondence import load_correspondence
+from flexavatar.tracking.detect import blendshape_scores, close_task, create_landmarker, mp_image
+from flexavatar.tracking.filters import OneEuroFilter, min_cutoff_for
+from flexavatar.tracking.pose import (
+    axis_angle_to_matrix,
+    matrix_to_axis_angle,
+    mediapipe_to_head_pose,
+    relative_rotvecs,
+)
+from flexavatar.tracking.video_track import EXPRESSION_BETA, POSE_BETA, ROTATION_UNIT_RAD, TRANSLATION_UNIT_M
+
+#: Frame rate the causal filter assumes (webcams stream at 15-30 frames/s; the Space asks for ~20).
+NOMINAL_RATE_HZ = 20.0
+#: Live smoothing is lighter than offline (0.5): a causal filter lags, and lag is what a viewer sees.
+LIVE_SMOOTHING = 0.3
+#: Frames over which :meth:`LiveSession.stats` averages the frame rate and latency.
+STATS_WINDOW = 30
+NUM_EXPRESSIONS = 57
+
+
+@dataclass
+class LiveFrame:
+    """One processed camera frame.
+
+    image: [S,S,3] uint8 rendered avatar. timestamp_ms: the camera frame's time. has_face: a
+    face was tracked in it (otherwise the last pose and expression are held). expression:
+    [57] ICT weights the avatar was rendered with. track_ms / render_ms: processing time of the
+    two steps (wall clock, this call).
+    """
+
+    image: np.ndarray
+    timestamp_ms: int
+    has_face: bool
+    expression: np.ndarray
+    track_ms: float
+    render_ms: float
+
+    @property
+    def latency_ms(self) -> float:
+        return self.track_ms + self.render_ms
+
+
+def check_frame(frame, name: str = "camera frame") -> np.ndarray:
+    """A uint8 HxWx3 RGB array (RGBA and grey accepted), or a clear :class:`InvalidInputError`."""
+    frame = np.asarray(frame) if frame is not None else None
+    if frame is None or frame.dtype != np.uint8 or frame.ndim not in (2, 3) or min(frame.shape[:2]) < 16:
+        shape = None if frame is None else (frame.shape, str(frame.dtype))
+        raise InvalidInputError(f"{name}: expected an RGB image (uint8, at least 16x16 pixels), got {shape}. "
+                                "Check that the camera is on and streaming.")  # fmt: skip
+    if frame.ndim == 2:
+        frame = np.repeat(frame[..., None], 3, axis=2)
+    return np.ascontiguousarray(frame[..., :3])
+
+
+class LiveSession:
+    """Drive ``avatar`` from a stream of camera frames (see the module docstring).
+
+    resolution: output side in pixels. smoothing: One Euro strength in [0,1] (0 = off).
+    Use as a context manager, or call :meth:`close`, to free the landmarker.
+    """
+
+    def __init__(
+        self,
+        avatar: Avatar,
+        model: FlexAvatarModel | None = None,
+        resolution: int = 256,
+        smoothing: float = LIVE_SMOOTHING,
+        background=WHITE,
+        rate_hz: float = NOMINAL_RATE_HZ,
+    ):
+        self.model = model if model is not None else load_model()
+        self.avatar = avatar.to(self.model.device)
+        self.resolution = int(resolution)
+        self.background = background
+        self.head_centre = self.model.head.head_centre().double().cpu().numpy()
+        self.correspondence = load_correspondence()
+        min_cutoff = min_cutoff_for(float(smoothing))
+        beta = np.concatenate([np.full(NUM_EXPRESSIONS, EXPRESSION_BETA), np.full(6, POSE_BETA)])
+        self.filter = None if min_cutoff is None else OneEuroFilter(rate_hz, min_cutoff_hz=min_cutoff, beta=beta)
+        self.landmarker = create_landmarker(video=True, num_faces=1)
+        self.lock = threading.Lock()
+        self.neutral: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # rotation [3,3], t [3], expr [57]
+        self.current: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # smoothed rotvec, t, expr
+        self.last_timestamp_ms = -1
+        self.started = time.monotonic()
+        self.frames_done = 0
+        self.frames_dropped = 0
+        self.recent: deque[tuple[float, float]] = deque(maxlen=STATS_WINDOW)  # (end time s, latency ms)
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> LiveSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the landmarker (idempotent)."""
+        with self.lock:
+            if self.landmarker is not None:
+                close_task(self.landmarker)
+                self.landmarker = None
+
+    def reset_neutral(self) -> None:
+        """Take the next frame with a face as the new neutral: the avatar returns to its rest
+        expression and pose, and follows the motion from there."""
+        with self.lock:
+            self.neutral = self.current = None
+            if self.filter is not None:
+                self.filter.reset()
+
+    # ------------------------------------------------------------------ per frame
+    def process(self, frame, timestamp_ms: int | None = None) -> LiveFrame | None:
+        """Track ``frame`` (uint8 HxWx3 RGB) and render the avatar; ``None`` if it was dropped.
+
+        timestamp_ms: the frame's capture time (default: now); must increase from frame to frame,
+        older frames are dropped. A frame arriving while another is processed is dropped too.
+        """
+        frame = check_frame(frame)
+        if timestamp_ms is None:
+            timestamp_ms = int((time.monotonic() - self.started) * 1000.0)
+        timestamp_ms = int(timestamp_ms)
+        if timestamp_ms <= self.last_timestamp_ms or not self.lock.acquire(blocking=False):
+            self.frames_dropped += 1
+            return None
+        try:
+            if self.landmarker is None:
+                raise InvalidInputError("this live session is closed; start a new one")
+            if timestamp_ms <= self.last_timestamp_ms:  # a newer frame won the race for the lock
+                self.frames_dropped += 1
+                return None
+            self.last_timestamp_ms = timestamp_ms
+            start = time.perf_counter()
+            has_face = self._track(frame, timestamp_ms)
+            tracked = time.perf_counter()
+            image, expression = self._render()
+            done = time.perf_counter()
+        finally:
+            self.lock.release()
+        result = LiveFrame(image, timestamp_ms, has_face, expression, (tracked - start) * 1e3, (done - tracked) * 1e3)
+        self.frames_done += 1
+        self.recent.append((time.monotonic(), result.latency_ms))
+        return result
+
+    def _track(self, frame: np.ndarray, timestamp_ms: int) -> bool:
+        """Update :attr:`current` from one frame; False (state held) when no face is found."""
+        result = self.landmarker.detect_for_video(mp_image(frame), timestamp_ms)
+        if not result.face_landmarks:
+            return False
+        expression = mediapipe_to_ict(blendshape_scores(result.face_blendshapes[0])).astype(np.float64)
+        transform = np.asarray(result.facial_transformation_matrixes[0], np.float64).reshape(1, 4, 4)
+        rotation, translation = mediapipe_to_head_pose(transform, self.correspondence)
+        if self.neutral is None:
+            self.neutral = (rotation[0], translation[0], expression)
+        relative = relative_rotvecs(rotation, self.neutral[0])[0]  # small for a steady head: no wrap
+        channels = np.concatenate([expression, relative / ROTATION_UNIT_RAD, translation[0] / TRANSLATION_UNIT_M])
+        smoothed = self.filter(channels) if self.filter is not None else channels
+        self.current = (
+            smoothed[NUM_EXPRESSIONS : NUM_EXPRESSIONS + 3] * ROTATION_UNIT_RAD,
+            smoothed[NUM_EXPRESSIONS + 3 :] * TRANSLATION_UNIT_M,
+            np.clip(smoothed[:NUM_EXPRESSIONS], 0.0, 1.0),
+        )
+        return True
+
+    def _render(self) -> tuple[np.ndarray, np.ndarray]:
+        """The avatar at the current relative motion (its rest pose before any face was seen)."""
+        if self.neutral is None or self.current is None:
+            camera = driving_cameras(self.avatar, self.head_centre, np.zeros((1, 3)), np.zeros((1, 3)), True,
+                                     self.resolution)[0]  # fmt: skip
+            expression = self.avatar.source_expression.cpu().numpy()
+        else:
+            neutral_rotation, neutral_translation, neutral_expression = self.neutral
+            relative, translation, expression = self.current
+            rotations = matrix_to_axis_angle(
+                np.stack([neutral_rotation, neutral_rotation @ axis_angle_to_matrix(relative)])
+            )
+            camera = driving_cameras(self.avatar, self.head_centre, rotations,
+                                     np.stack([neutral_translation, translation]), True, self.resolution)[1]  # fmt: skip
+            expression = driving_expressions(self.avatar, np.stack([neutral_expression, expression]), True)[1]
+        code = torch.from_numpy(np.asarray(expression, np.float32))[None].to(self.model.device)
+        with torch.no_grad():
+            rgb, _ = self.model.render(self.avatar, [camera], code, background=_background(self.background))
+        return _to_uint8(rgb[0]), np.asarray(expression, np.float32)
+
+    # ------------------------------------------------------------------ figures
+    def stats(self) -> dict[str, float]:
+        """frames, dropped, fps (frames done per second over the last few) and median latency_ms."""
+        fps = latency = 0.0
+        if len(self.recent) >= 2:
+            span = self.recent[-1][0] - self.recent[0][0]
+            fps = (len(self.recent) - 1) / span if span > 0 else 0.0
+        if self.recent:
+            latency = float(np.median([lat for _, lat in self.recent]))
+        return {"frames": self.frames_done, "dropped": self.frames_dropped, "fps": fps, "latency_ms": latency,
+                "seconds": time.monotonic() - self.started}  # fmt: skip
+

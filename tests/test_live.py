@@ -1,0 +1,154 @@
+"""Live driving (flexavatar.live), expression-control stills and identity blending, without
+gradio: the shipped checkpoint, a real photo, a real clip decoded frame by frame."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from flexavatar import pipeline
+from flexavatar.errors import InvalidInputError
+from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
+from flexavatar.live import LiveSession
+from flexavatar.tracking.detect import blendshape_scores, close_task, create_landmarker, mp_image
+from flexavatar.video import iter_frames
+
+#: The frame rate the issue asks for on 2 CPU cores; asserted on a quiet machine only (below).
+TARGET_FPS = 15.0
+
+
+@pytest.fixture(scope="session")
+def shipped_model():
+    return pipeline.load_model()
+
+
+@pytest.fixture(scope="session")
+def astronaut_avatar(shipped_model, shared_media):
+    return pipeline.create_avatar([shared_media / "astronaut.png"], model=shipped_model)
+
+
+@pytest.fixture(scope="session")
+def driving_frames(shared_media):
+    """single_face.mp4: 72 frames (640x360, 30 fps) with a smile and blinks."""
+    return list(iter_frames(shared_media / "single_face.mp4"))
+
+
+def mediapipe_scores(images) -> np.ndarray:
+    """[T,52] MediaPipe blendshape scores of a frame sequence (VIDEO mode; NaN without a face)."""
+    landmarker = create_landmarker(video=True, num_faces=1)
+    try:
+        rows = []
+        for index, image in enumerate(images):
+            result = landmarker.detect_for_video(mp_image(image), 1 + index * 33)
+            found = bool(result.face_blendshapes)
+            rows.append(blendshape_scores(result.face_blendshapes[0]) if found else np.full(52, np.nan, np.float32))
+        return np.stack(rows)
+    finally:
+        close_task(landmarker)
+
+
+def channel(scores: np.ndarray, *names: str) -> np.ndarray:
+    return scores[:, [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) for n in names]].mean(1)
+
+
+def test_live_stream_follows_the_driver(shipped_model, astronaut_avatar, driving_frames):
+    """Frames in order at 30 frames/s timestamps: every frame comes back, in order, and the
+    re-tracked avatar blinks and smiles with the driver (Pearson r >= 0.8)."""
+    with LiveSession(astronaut_avatar, model=shipped_model) as session:
+        session.process(driving_frames[0], 0)  # first call compiles / warms up
+        session.reset_neutral()
+        results = []
+        start = time.perf_counter()
+        for index, frame in enumerate(driving_frames):
+            results.append(session.process(frame, 1000 + round(index * 1000 / 30)))
+        seconds = time.perf_counter() - start
+    assert all(r is not None for r in results), "no frame may be dropped when frames come one at a time"
+    stamps = [r.timestamp_ms for r in results]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert all(r.has_face and r.image.shape == (256, 256, 3) and r.image.dtype == np.uint8 for r in results)
+    fps = len(results) / seconds
+    latency = np.median([r.latency_ms for r in results])
+    print(f"live: {fps:.1f} frames/s, median latency {latency:.0f} ms (load {os.getloadavg()[0]:.1f})")
+    driver, avatar = mediapipe_scores(driving_frames), mediapipe_scores([r.image for r in results])
+    assert not np.isnan(avatar).any(), "the rendered avatar must be trackable in every frame"
+    for names in (("eyeBlinkLeft", "eyeBlinkRight"), ("mouthSmileLeft", "mouthSmileRight")):
+        r = np.corrcoef(channel(driver, *names), channel(avatar, *names))[0, 1]
+        assert r >= 0.8, f"{names}: re-tracked avatar vs driver r = {r:.2f}"
+    # 2 shared cores: the speed target holds on a quiet machine (bench live measures it there).
+    if os.getloadavg()[0] < 1.0:
+        assert fps >= TARGET_FPS, f"{fps:.1f} frames/s on a quiet machine"
+
+
+def test_reset_neutral_returns_to_rest(shipped_model, astronaut_avatar, driving_frames):
+    """After reset_neutral the next face is the neutral: the avatar shows its rest expression."""
+    rest = np.clip(astronaut_avatar.source_expression.cpu().numpy(), 0, 1)
+    with LiveSession(astronaut_avatar, model=shipped_model) as session:
+        session.process(driving_frames[0], 0)
+        moved = session.process(driving_frames[40], 40)  # the driver smiles here
+        assert not np.allclose(moved.expression, rest, atol=0.05)
+        session.reset_neutral()
+        again = session.process(driving_frames[41], 41)
+        np.testing.assert_allclose(again.expression, rest, atol=1e-5)
+
+
+def test_stale_and_overlapping_frames_are_dropped(shipped_model, astronaut_avatar, driving_frames):
+    with LiveSession(astronaut_avatar, model=shipped_model) as session:
+        assert session.process(driving_frames[0], 100) is not None
+        assert session.process(driving_frames[1], 100) is None  # not newer
+        assert session.process(driving_frames[1], 50) is None  # older
+        busy = threading.Event()
+        with session.lock:  # another frame of this session is being processed
+            thread = threading.Thread(target=lambda: busy.set() if session.process(driving_frames[2], 200) is None else None)
+            start = time.perf_counter()
+            thread.start()
+            thread.join(5)
+            assert busy.is_set() and time.perf_counter() - start < 1.0, "a busy session must drop, not wait"
+        assert session.process(driving_frames[3], 300) is not None
+        assert session.stats()["dropped"] == 3
+
+
+def test_no_face_holds_and_bad_frames_are_refused(shipped_model, astronaut_avatar):
+    with LiveSession(astronaut_avatar, model=shipped_model) as session:
+        blank = session.process(np.full((240, 320, 3), 128, np.uint8), 0)
+        assert not blank.has_face and blank.image.std() > 5  # the avatar at rest, not an empty frame
+        for bad in (None, np.zeros((240, 320, 3), np.float32), np.zeros((4, 4, 3), np.uint8)):
+            with pytest.raises(InvalidInputError, match="camera"):
+                session.process(bad, 10)
+
+
+def test_render_still_controls_are_seen_by_the_tracker(shipped_model, astronaut_avatar):
+    still = pipeline.render_still(astronaut_avatar, {}, model=shipped_model)
+    assert still.shape == (256, 256, 3) and still.dtype == np.uint8
+    images = [pipeline.render_still(astronaut_avatar, {name: value, "blink": blink}, model=shipped_model)
+              for name, value, blink in (("smile", 0.0, 0.0), ("smile", 1.0, 0.0), ("smile", 0.0, 1.0))]  # fmt: skip
+    scores = np.stack([channel(mediapipe_scores([im]), *names)[0] for im in images
+                       for names in [("mouthSmileLeft", "mouthSmileRight"), ("eyeBlinkLeft", "eyeBlinkRight")]])  # fmt: skip
+    smile, blink = scores.reshape(3, 2).T
+    assert smile[1] > smile[0] + 0.1, f"smile slider: {smile}"
+    assert blink[2] > blink[0] + 0.1, f"blink slider: {blink}"
+    turned = pipeline.render_still(astronaut_avatar, {}, yaw_deg=40, model=shipped_model)
+    assert np.abs(turned.astype(int) - still.astype(int)).mean() > 5
+    with pytest.raises(InvalidInputError, match="unknown expression control"):
+        pipeline.render_still(astronaut_avatar, {"grin": 1}, model=shipped_model)
+    with pytest.raises(InvalidInputError, match="yaw"):
+        pipeline.render_still(astronaut_avatar, {}, yaw_deg=120, model=shipped_model)
+
+
+def test_blend_avatars(shipped_model, astronaut_avatar, shared_media):
+    other = pipeline.create_avatar([shared_media / "single_face.jpg"], model=shipped_model)
+    half = pipeline.blend_avatars(astronaut_avatar, other, 0.5)
+    expected = 0.5 * (astronaut_avatar.static_maps + other.static_maps)
+    assert np.allclose(half.static_maps.numpy(), expected.numpy(), atol=1e-6)
+    ends = [pipeline.render_still(pipeline.blend_avatars(astronaut_avatar, other, t), model=shipped_model) for t in (0, 0.5, 1)]
+    np.testing.assert_array_equal(ends[0], pipeline.render_still(astronaut_avatar, model=shipped_model))
+    gap = np.abs(ends[0].astype(int) - ends[2].astype(int)).mean()
+    assert 0.2 * gap < np.abs(ends[1].astype(int) - ends[0].astype(int)).mean() < 0.8 * gap
+    with pytest.raises(InvalidInputError, match="between 0 and 1"):
+        pipeline.blend_avatars(astronaut_avatar, other, 1.5)
+    with pytest.raises(InvalidInputError, match="different networks"):
+        pipeline.blend_avatars(astronaut_avatar, replace(other, config_name="gpu-l"), 0.5)
