@@ -57,6 +57,14 @@ def untrained_model():
     return FlexAvatarModel().eval()
 
 
+@pytest.fixture(scope="session")
+def shipped_model():
+    """The shipped cpu-s checkpoint (weights/), loaded once."""
+    from flexavatar.pipeline import load_model
+
+    return load_model()
+
+
 # ------------------------------------------------------------------------------ app (Gradio Space)
 REPO = Path(__file__).resolve().parents[1]
 

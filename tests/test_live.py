@@ -23,11 +23,6 @@ TARGET_FPS = 15.0
 
 
 @pytest.fixture(scope="session")
-def shipped_model():
-    return pipeline.load_model()
-
-
-@pytest.fixture(scope="session")
 def astronaut_avatar(shipped_model, shared_media):
     return pipeline.create_avatar([shared_media / "astronaut.png"], model=shipped_model)
 
