@@ -1,4 +1,4 @@
-"""Command line: ``python -m flexavatar {create,turntable,reenact,run,train,eval,bench} --help``."""
+"""Command line: ``python -m flexavatar {create,turntable,reenact,run,train,eval,bench,publish} --help``."""
 
 from __future__ import annotations
 
@@ -90,6 +90,17 @@ def _run(args, rest) -> None:
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
 
 
+def _publish(args, rest) -> None:
+    from flexavatar.publish import plan_publish, publish
+
+    plan = plan_publish(args.repo_id, args.folder)
+    print(plan.describe())
+    if args.dry_run:
+        print("dry run: nothing uploaded")
+        return
+    print(f"uploaded: {publish(plan, private=args.private)}")
+
+
 def _bench(args, rest) -> None:
     from flexavatar.eval.bench import run_topic
 
@@ -157,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    ("eval", "flexavatar.eval.evaluate", "self-reenactment evaluation table")):  # fmt: skip
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.set_defaults(func=lambda args, rest, module=module: __import__(module, fromlist=["main"]).main(rest))
+
+    p = sub.add_parser("publish", help="upload weights, model card and assets to a Hub model repo")
+    p.add_argument("repo_id", help="Hub model repo, 'user-or-org/name' (created if missing)")
+    p.add_argument("--folder", default=None, help="folder laid out like weights/ (default: the shipped weights/)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; no network")
+    p.set_defaults(func=_publish)
 
     p = sub.add_parser("bench", help="print speed/memory figures for one part")
     p.add_argument("topic", choices=["head", "render", "tracking", "model", "pipeline"])

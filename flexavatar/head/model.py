@@ -43,15 +43,21 @@ class ICTHead(nn.Module):
     """ICT-FaceKit head: ``vertices(identity[B,K], expression[B,57]) -> [B,V,3]`` metres.
 
     Buffers (float32, metres): ``neutral [V,3]``, ``identity_basis [K,V*3]``,
-    ``expression_basis [57,V*3]``; ``triangles [F,3]`` long. K = ``num_identity`` <= 100.
+    ``expression_basis [57,V*3]``; ``triangles [F,3]`` long. K = ``num_identity`` <= the modes
+    in the file (100 in the full ICT release, 40 in the trimmed copy shipped under ``weights/``);
+    None = all of them.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], num_identity: int = 100, npz_path: str | None = None):
+    def __init__(self, arrays: dict[str, np.ndarray], num_identity: int | None = None, npz_path: str | None = None):
         super().__init__()
         self.npz_path = npz_path
         available = arrays["identity_deltas"].shape[0]
+        num_identity = available if num_identity is None else num_identity
         if not 0 <= num_identity <= available:
-            raise ValueError(f"num_identity must be in [0, {available}], got {num_identity}")
+            raise ValueError(
+                f"num_identity must be in [0, {available}] for {npz_path or 'this head'}, got {num_identity}; "
+                "for more modes point FLEXAVATAR_ASSETS at the full ICT-FaceKit conversion (100 modes)"
+            )
         self.num_identity = num_identity
         self.num_vertices = arrays["neutral"].shape[0]
         v3 = self.num_vertices * 3
@@ -70,7 +76,7 @@ class ICTHead(nn.Module):
         self.region_names = tuple(str(n) for n in arrays["region_names"])
 
     @classmethod
-    def load(cls, folder: str | os.PathLike | None = None, num_identity: int = 100, device=None) -> ICTHead:
+    def load(cls, folder: str | os.PathLike | None = None, num_identity: int | None = None, device=None) -> ICTHead:
         """Load ``ict_facekit.npz`` through :func:`flexavatar.assets.resolve`."""
         path = str(ict_npz_path(folder))
         head = cls(load_ict_arrays(path), num_identity=num_identity, npz_path=path)

@@ -29,7 +29,7 @@ Derivation (no hand-made vertex table; everything comes from the two models' geo
    shapes; weight :data:`IRIS_WEIGHT`. The 8 iris contour points get weight 0 (their
    radius depends on pupil dilation and image blur more than on geometry).
 
-The result is computed once and cached as ``.npz`` in ``$FLEXAVATAR_CACHE`` (default
+The result is computed once and cached as ``.npz`` in :func:`flexavatar.assets.cache_dir` (``$FLEXAVATAR_CACHE``, default
 ``~/.cache/flexavatar``), keyed by a hash of both input meshes and :data:`ALGORITHM_VERSION`.
 """
 
@@ -87,13 +87,6 @@ class LandmarkCorrespondence:
         return ict_triangles[self.triangles], self.barycentric
 
 
-def cache_dir() -> Path:
-    """``$FLEXAVATAR_CACHE`` or ``~/.cache/flexavatar`` (created)."""
-    folder = Path(os.environ.get("FLEXAVATAR_CACHE") or Path.home() / ".cache" / "flexavatar")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def _inputs() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     with np.load(assets.resolve("canonical_face_mesh.npz"), allow_pickle=False) as data:
         canonical = {k: data[k] for k in data.files}
@@ -119,14 +112,14 @@ def _cache_key(canonical: dict[str, np.ndarray], ict: dict[str, np.ndarray]) -> 
 def correspondence_cache_path() -> Path:
     """Where the cached correspondence for the current assets lives (may not exist yet)."""
     canonical, ict = _inputs()
-    return cache_dir() / f"mediapipe_to_ict_{_cache_key(canonical, ict)}.npz"
+    return assets.cache_dir() / f"mediapipe_to_ict_{_cache_key(canonical, ict)}.npz"
 
 
 @functools.lru_cache(maxsize=1)
 def load_correspondence() -> LandmarkCorrespondence:
     """The correspondence for the current assets: from the disk cache, else computed and cached."""
     canonical, ict = _inputs()
-    path = cache_dir() / f"mediapipe_to_ict_{_cache_key(canonical, ict)}.npz"
+    path = assets.cache_dir() / f"mediapipe_to_ict_{_cache_key(canonical, ict)}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as data:

@@ -14,18 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flexavatar.assets import cache_dir
 from flexavatar.camera import Camera
 from flexavatar.train import DEFAULT_VIDEO, MONOCULAR, TRAIN_FRAMES, TrainingSample, media_dir
 
 FIT_VERSION = "1"
 #: Source and target of a pair are at least this many frames apart (when the range allows).
 MIN_PAIR_GAP = 6
-
-
-def _cache_dir() -> Path:
-    from flexavatar.tracking.correspondence import cache_dir
-
-    return cache_dir()
 
 
 class VideoFrames:
@@ -58,7 +53,7 @@ def fit_frames(video: VideoFrames, indices: list[int], resolution: int, num_iden
     stat = video.path.stat()
     key = hashlib.sha1(repr((FIT_VERSION, video.path.name, stat.st_size, tuple(indices), resolution,
                              num_identity)).encode()).hexdigest()[:16]  # fmt: skip
-    path = _cache_dir() / "fits" / f"{video.path.stem}_{key}.npz"
+    path = cache_dir() / "fits" / f"{video.path.stem}_{key}.npz"
     if cache and path.is_file():
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}

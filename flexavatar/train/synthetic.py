@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flexavatar.assets import cache_dir
 from flexavatar.camera import Camera, intrinsics, look_at
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, ICT_EXPRESSION_NAMES, NUM_EXPRESSIONS
 from flexavatar.train import (
@@ -53,12 +54,6 @@ LIP_COLOURS = np.array([[0.70, 0.35, 0.38], [0.55, 0.28, 0.28], [0.78, 0.45, 0.4
 
 
 # ----------------------------------------------------------------------------------- texture bank
-def _cache_dir() -> Path:
-    from flexavatar.tracking.correspondence import cache_dir
-
-    return cache_dir()
-
-
 def default_texture_sources() -> list[tuple[str, object]]:
     """(name, path or (video, frame)) of the real faces the bank lifts from (training data only)."""
     media = media_dir()
@@ -103,7 +98,7 @@ def build_texture_bank(
     for name, source in sources:
         path = Path(source[0] if isinstance(source, tuple) else source)
         key.update(f"{name}:{path.stat().st_size}".encode())
-    cache_path = _cache_dir() / f"texture_bank_{key.hexdigest()[:12]}.npz"
+    cache_path = cache_dir() / f"texture_bank_{key.hexdigest()[:12]}.npz"
     if cache and cache_path.is_file():
         with np.load(cache_path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
