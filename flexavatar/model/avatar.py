@@ -2,11 +2,16 @@
 
 A ``.avatar`` file is a safetensors file (no pickle anywhere) with string metadata. Users
 upload these to the Space, so :func:`load_avatar` checks size, keys, dtypes, shapes, finite
-values and metadata before anything else touches the tensors.
+values and metadata before anything else touches the tensors. Since format version 2 the
+metadata holds a SHA-256 of every tensor and metadata field (:func:`content_checksum`), so a
+file whose bytes were altered (a bad download, a truncated copy, an edit) is rejected with a
+clear message. Version 1 files (no checksum) still load: they pass every other check, and
+avatars made before the checksum existed stay usable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, replace
@@ -19,7 +24,10 @@ from flexavatar.errors import InvalidInputError
 from flexavatar.model.field import NUM_ATTRIBUTES
 
 FORMAT = "flexavatar.avatar"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+#: Versions :func:`load_avatar` reads: "1" has no checksum.
+READABLE_VERSIONS = ("1", "2")
+TENSOR_NAMES = ("identity", "static_maps", "identity_features", "source_expression", "source_viewmat", "source_K")
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
@@ -108,6 +116,7 @@ class Avatar:
             "model_id": self.model_id,
             "source_size": json.dumps([camera.width, camera.height]),
         }
+        metadata["sha256"] = content_checksum(tensors, metadata)
         tmp = path.with_name(path.name + ".tmp")
         try:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -115,6 +124,19 @@ class Avatar:
         finally:
             tmp.unlink(missing_ok=True)
         return path
+
+
+def content_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 (hex) of the named tensors (name, dtype, shape, bytes) and of every metadata field
+    but ``sha256`` itself, in a fixed order: the same content always gives the same digest."""
+    digest = hashlib.sha256()
+    for name in TENSOR_NAMES:
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.numpy().tobytes())
+    for key in sorted(set(metadata) - {"sha256"}):
+        digest.update(f"{key}={metadata[key]}\n".encode())
+    return digest.hexdigest()
 
 
 def _bad(path: Path, what: str) -> InvalidInputError:
@@ -145,9 +167,10 @@ def load_avatar(path: str | os.PathLike, expected_shapes: dict[str, tuple[int, .
             keys = set(handle.keys())
             if metadata.get("format") != FORMAT:
                 raise _bad(path, "it has no FlexAvatar metadata")
-            if metadata.get("format_version") != FORMAT_VERSION:
-                raise _bad(path, f"format version {metadata.get('format_version')!r} is not supported")
-            needed = {"identity", "static_maps", "identity_features", "source_expression", "source_viewmat", "source_K"}
+            version = metadata.get("format_version")
+            if version not in READABLE_VERSIONS:
+                raise _bad(path, f"format version {version!r} is not supported")
+            needed = set(TENSOR_NAMES)
             if keys != needed:
                 raise _bad(path, f"it holds tensors {sorted(keys)}, expected {sorted(needed)}")
             tensors = {k: handle.get_tensor(k) for k in needed}
@@ -155,6 +178,12 @@ def load_avatar(path: str | os.PathLike, expected_shapes: dict[str, tuple[int, .
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure is bad input
         raise _bad(path, f"it could not be parsed ({type(exc).__name__})") from None
+    if version != "1" and metadata.get("sha256") != content_checksum(tensors, metadata):
+        raise InvalidInputError(
+            f"{path.name} is damaged: its content does not match the checksum saved with it (the file "
+            "was changed or only partly copied after FlexAvatar wrote it). Download or copy the .avatar "
+            "file again, or create the avatar again from the photos."
+        )
 
     shapes = {
         "identity": 1,
