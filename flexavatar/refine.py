@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from flexavatar.camera import Camera
-from flexavatar.eval.metrics import psnr, ssim_map
+from flexavatar.metrics import psnr, ssim_map
 from flexavatar.model.avatar import Avatar
 from flexavatar.model.field import ATTRIBUTE_SLICES
 

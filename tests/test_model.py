@@ -9,7 +9,7 @@ import torch
 
 from flexavatar.camera import focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
-from flexavatar.eval.metrics import psnr
+from flexavatar.metrics import psnr
 from flexavatar.model import FlexAvatarModel, load_avatar
 from flexavatar.model.field import ATTRIBUTE_SLICES
 

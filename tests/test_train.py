@@ -12,6 +12,17 @@ import numpy as np
 import pytest
 import torch
 
+from flexavatar.eval.evaluate import main as eval_main
+from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
+from flexavatar.metrics import photometric_loss, psnr, ssim, ssim_map
+from flexavatar.model import FlexAvatarModel, resolve_config
+from flexavatar.train import EVAL_FRAMES, TRAIN_FRAMES
+from flexavatar.train.monocular import MonocularPairs
+from flexavatar.train.sampler import DensitySampler, histogram_table
+from flexavatar.train.synthetic import SyntheticHeads
+from flexavatar.train.textures import build_texture_bank
+from flexavatar.train.trainer import main as train_main
+
 
 def _read_log(path):
     with open(path) as handle:
@@ -20,17 +31,12 @@ def _read_log(path):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from flexavatar.model import FlexAvatarModel
-    from flexavatar.train import resolve_config
-
     torch.manual_seed(0)
     return FlexAvatarModel(resolve_config("tiny"))
 
 
 @pytest.fixture(scope="module")
 def one_photo_bank(tiny_model, shared_media):
-    from flexavatar.train.synthetic import build_texture_bank
-
     photo = shared_media / "single_face.jpg"
     return build_texture_bank(
         tiny_model.head, tiny_model.atlas, tiny_model.config.crop_size, [(photo.name, photo)]
@@ -40,22 +46,67 @@ def one_photo_bank(tiny_model, shared_media):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, shared_media):
     """20 CPU steps of the tiny network on one fixed synthetic sample, then 5 more resumed."""
-    from flexavatar.train.trainer import main
-
     out = tmp_path_factory.mktemp("run")
     common = ["--config", "tiny", "--out", str(out), "--device", "cpu", "--pool", "1", "--batch", "1",
               "--mono-fraction", "0", "--lr", "2e-3", "--warmup", "1", "--save-every", "10", "--print-every", "0",
               "--textures", str(shared_media / "single_face.jpg")]  # fmt: skip
-    assert main(common + ["--steps", "20"]) == 0
+    assert train_main(common + ["--steps", "20"]) == 0
     first_log = _read_log(out / "log.csv")
     first_state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
-    assert main(common + ["--steps", "25", "--resume"]) == 0
+    assert train_main(common + ["--steps", "25", "--resume"]) == 0
     return out, first_log, first_state
 
 
-def test_synthetic_generator_is_deterministic(tiny_model, one_photo_bank):
-    from flexavatar.train.synthetic import SyntheticHeads
+@pytest.fixture(scope="module")
+def photo_tensor(shared_media):
+    """single_face.jpg at 96² as [1,3,96,96] float in [0,1]."""
+    from PIL import Image
 
+    image = Image.open(shared_media / "single_face.jpg").convert("RGB").resize((96, 96))
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def test_metrics_on_a_real_photo(photo_tensor):
+    photo = photo_tensor * 0.8 + 0.1  # room for a +0.1 shift without clipping
+    shifted = photo + 0.1
+    assert psnr(shifted, photo) == pytest.approx(20.0, abs=1e-3)  # mse 0.01
+    assert ssim(photo, photo) == pytest.approx(1.0, abs=1e-6)
+    noisy = (photo + 0.05 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert ssim(noisy, photo) < 0.95
+    # channels-last [H,W,3] and a [H,W] mask give the same figure as [B,3,H,W] and [B,1,H,W]
+    half = torch.zeros(1, 1, 96, 96)
+    half[..., :48] = 1
+    assert psnr(noisy[0].permute(1, 2, 0), photo[0].permute(1, 2, 0), half[0, 0]) == pytest.approx(
+        psnr(noisy, photo, half), abs=1e-6
+    )
+
+
+def test_photometric_loss_is_weighted_l1_plus_dssim(photo_tensor):
+    target = photo_tensor
+    prediction = target.clone()
+    prediction[..., 48:] = 1.0 - prediction[..., 48:]  # wrong on the right half only
+    left = torch.zeros(1, 1, 96, 96)
+    left[..., :40] = 1  # (SSIM's 11-px window reaches 5 px across the seam)
+    clean = photometric_loss(prediction, target, left)
+    assert float(clean["l1"]) == 0.0 and float(clean["ssim"]) == pytest.approx(0.0, abs=1e-5)
+    everywhere = photometric_loss(prediction, target)
+    l1 = (prediction - target).abs().mean()
+    dssim = (1 - ssim_map(prediction, target)).mean()
+    assert float(everywhere["l1"]) == pytest.approx(float(l1), rel=1e-6)
+    assert float(everywhere["photo"]) == pytest.approx(float(l1 + 0.2 * dssim), rel=1e-6)
+    # emphasis: weighting the wrong half 3x moves the mean toward its error
+    weight = torch.ones(1, 1, 96, 96)
+    weight[..., 48:] = 3
+    assert float(photometric_loss(prediction, target, weight)["l1"]) == pytest.approx(
+        float((prediction - target).abs()[..., 48:].mean()) * 3 / 4, rel=1e-5
+    )
+    # differentiable: the gradient reaches the prediction
+    prediction.requires_grad_(True)
+    photometric_loss(prediction, target, weight)["photo"].backward()
+    assert prediction.grad is not None and float(prediction.grad.abs().sum()) > 0
+
+
+def test_synthetic_generator_is_deterministic(tiny_model, one_photo_bank):
     a = SyntheticHeads(tiny_model, one_photo_bank, num_inputs=1, num_targets=2).sample(3)
     b = SyntheticHeads(tiny_model, one_photo_bank, num_inputs=1, num_targets=2).sample(3)
     c = SyntheticHeads(tiny_model, one_photo_bank, num_inputs=1, num_targets=2).sample(4)
@@ -68,16 +119,13 @@ def test_synthetic_generator_is_deterministic(tiny_model, one_photo_bank):
     # the head is in the picture, on a white background, and the mask is its alpha
     assert 0.1 < float(a.masks.mean()) < 0.8
     assert float(a.images[:, :, 0, 0].min()) > 0.99
-    # the targets see the head from anywhere: both frontal and non-frontal over a few samples
-    facing = [float(s.target_cameras[i].position[2])
-              for s in (a, c) for i in range(2)]  # fmt: skip
-    assert len(facing) == 4
+    # the targets see the head from anywhere: from the front and from behind over a few samples
+    centre = tiny_model.head.head_centre().cpu()
+    facing = [float(camera.position[2] - centre[2]) for s in (a, c) for camera in s.target_cameras]
+    assert max(facing) > 0 and min(facing) < 0
 
 
 def test_monocular_pairs_yield_class_1(tiny_model):
-    from flexavatar.train import EVAL_FRAMES, TRAIN_FRAMES
-    from flexavatar.train.monocular import MonocularPairs
-
     pairs = MonocularPairs(tiny_model, num_pairs=2)
     assert len(pairs) == 2
     sample = pairs[0]
@@ -90,15 +138,14 @@ def test_monocular_pairs_yield_class_1(tiny_model):
     assert sample.identity.shape == (tiny_model.config.num_identity,)
     assert 0.05 < float(sample.loss_region.mean()) < 0.95  # the head region, not the whole crop
     assert float(sample.pixel_weight.max()) == pytest.approx(3.0)  # mouth box on a frontal frame
-    assert pairs.target_expressions().shape == (2, 57)
+    assert pairs.target_expressions().shape == (2, NUM_EXPRESSIONS)
 
 
 def test_sampler_raises_mass_of_rare_expressions(capsys):
-    from flexavatar.head.blendshapes import EXPRESSION_INDEX
-    from flexavatar.train.sampler import DensitySampler, histogram_table
-
     rng = np.random.default_rng(0)
-    codes = np.clip(rng.normal(0.05, 0.04, (200, 57)), 0, 1).astype(np.float32)  # talking: near neutral
+    codes = np.clip(rng.normal(0.05, 0.04, (200, NUM_EXPRESSIONS)), 0, 1).astype(
+        np.float32
+    )  # talking: near neutral
     codes[:, EXPRESSION_INDEX["jawOpen"]] = rng.uniform(0.0, 0.3, 200)
     codes[:8, EXPRESSION_INDEX["jawOpen"]] = rng.uniform(0.6, 0.9, 8)  # rare: open mouth
     codes[8:18, EXPRESSION_INDEX["eyeBlink_L"]] = codes[8:18, EXPRESSION_INDEX["eyeBlink_R"]] = 0.9  # blinks
@@ -116,9 +163,7 @@ def test_sampler_raises_mass_of_rare_expressions(capsys):
 
 
 def test_show_sampler_command(capsys):
-    from flexavatar.train.trainer import main
-
-    assert main(["--show-sampler", "--config", "tiny", "--num-pairs", "2"]) == 0
+    assert train_main(["--show-sampler", "--config", "tiny", "--num-pairs", "2"]) == 0
     out = capsys.readouterr().out
     assert "2 monocular training targets" in out and "jawOpen" in out and "adjusted" in out
 
@@ -135,8 +180,6 @@ def test_training_loss_falls_on_cpu(tiny_run):
 
 
 def test_resume_continues_step_count(tiny_run):
-    from flexavatar.model import FlexAvatarModel
-
     out, first_log, _ = tiny_run
     log = _read_log(out / "log.csv")
     steps = [int(row["step"]) for row in log]
@@ -146,15 +189,14 @@ def test_resume_continues_step_count(tiny_run):
     assert float(log[20]["loss"]) < np.mean([float(r["loss"]) for r in first_log[:3]])  # not from scratch
     model = FlexAvatarModel.from_pretrained(str(out))
     assert model.config.name == "tiny"
+    card = (out / "README.md").read_text()  # the model card describes the final (resumed) run
+    assert card.startswith("---\nlicense: mit") and "`tiny` checkpoint" in card and "steps: 25," in card
 
 
 def test_eval_command_runs_on_two_frames(tiny_run, tmp_path, capsys):
-    from flexavatar.eval.evaluate import main
-    from flexavatar.train import EVAL_FRAMES
-
     out, _, _ = tiny_run
     report = tmp_path / "eval.json"
-    assert main(["--weights", str(out), "--frames", "2", "--refine-seconds", "1", "--json", str(report),
+    assert eval_main(["--weights", str(out), "--frames", "2", "--refine-seconds", "1", "--json", str(report),
                  "--device", "cpu"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "| untrained |" in printed and "| trained |" in printed and "refine" in printed

@@ -24,8 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from flexavatar import assets
+from flexavatar.metrics import masked_l1, psnr, ssim
+from flexavatar.model import FlexAvatarModel, resolve_config
+from flexavatar.refine import refine
 from flexavatar.train import DEFAULT_VIDEO, EVAL_FRAMES, EVAL_SOURCE_FRAME, TRAIN_FRAMES, media_dir
+from flexavatar.train.losses import head_region
+from flexavatar.train.monocular import VideoFrames, fit_cameras, fit_frames, fit_tensors
 
 GROUP = 3  # targets tracked together with the source (fit_head takes at most 4 images)
 
@@ -60,10 +67,6 @@ def target_frames(first: int, last: int, count: int | None) -> list[int]:
 
 
 def _models(args, device):
-    from flexavatar import assets
-    from flexavatar.model import FlexAvatarModel
-    from flexavatar.train import resolve_config
-
     weights = None
     for candidate in (args.weights, assets.SHIPPED_WEIGHTS):
         if (
@@ -84,11 +87,6 @@ def _models(args, device):
 
 def evaluate_model(model, groups, refine_seconds: float = 0.0, keep_images: bool = False) -> dict:
     """Per-frame metrics of one network over the tracked groups (see the module docstring)."""
-    from flexavatar.eval.metrics import masked_l1, psnr, ssim
-    from flexavatar.refine import refine
-    from flexavatar.train.losses import head_region
-    from flexavatar.train.monocular import fit_cameras, fit_tensors
-
     device = model.device
     per_frame, images = [], []
     seconds = 0.0
@@ -141,8 +139,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flexavatar.train.monocular import VideoFrames, fit_frames
-
     args = build_parser().parse_args(argv)
     args.video = args.video or str(media_dir() / DEFAULT_VIDEO.name)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -189,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_images(folder: Path, rows: list[dict]) -> None:
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     for index, (frame, target, _) in enumerate(rows[0]["images"]):
         tiles = [target] + [row["images"][index][2] for row in rows]

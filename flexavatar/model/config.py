@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -10,7 +12,7 @@ class FlexAvatarConfig:
     """Sizes of every part of :class:`~flexavatar.model.network.FlexAvatarModel`.
 
     ``cpu-s`` is the shipped default (crops 256², atlas 128² ≈ 10k Gaussians); ``gpu-l`` is the
-    same code with crops 512² and atlas 256² (≈ 40k Gaussians).
+    same code with crops 512² and atlas 256² (≈ 40k Gaussians); ``tiny`` is for tests.
     """
 
     name: str = "cpu-s"
@@ -61,6 +63,13 @@ CONFIGS: dict[str, FlexAvatarConfig] = {
         deformer_channels=(64, 128, 192),
         deformer_downsample=1,
     ),
+    # a test-sized network (crops 128², atlas 64²): the same code, seconds per hundred steps
+    "tiny": FlexAvatarConfig(
+        name="tiny", crop_size=128, atlas_resolution=64,
+        encoder_dim=64, encoder_depth=1, encoder_heads=2,
+        query_dim=64, query_depth=1, query_heads=2,
+        identity_channels=8, deformer_channels=(8, 16), deformer_downsample=2,
+    ),  # fmt: skip
 }
 
 
@@ -68,3 +77,21 @@ def get_config(name: str) -> FlexAvatarConfig:
     if name not in CONFIGS:
         raise ValueError(f"unknown config '{name}'; choose one of {sorted(CONFIGS)}")
     return FlexAvatarConfig(**CONFIGS[name].to_dict())
+
+
+def resolve_config(name_or_path: str, overrides: list[str] | None = None) -> FlexAvatarConfig:
+    """A :class:`FlexAvatarConfig` from a config name (``cpu-s``, ``gpu-l``, ``tiny``: a
+    test-sized network), a ``config.json`` path or a checkpoint folder, plus ``key=value`` overrides."""
+    path = Path(name_or_path)
+    if name_or_path not in CONFIGS and (path.is_dir() or path.suffix == ".json"):
+        config = FlexAvatarConfig(**json.loads((path / "config.json" if path.is_dir() else path).read_text()))
+    else:
+        config = get_config(name_or_path)
+    for item in overrides or []:
+        key, _, value = item.partition("=")
+        if not hasattr(config, key):
+            raise ValueError(f"unknown config field '{key}'")
+        setattr(config, key, type(getattr(config, key))(json.loads(value)))
+    if isinstance(config.deformer_channels, list):
+        config.deformer_channels = tuple(config.deformer_channels)
+    return config

@@ -11,6 +11,7 @@ held out for the self-reenactment evaluation, whose avatar is built from
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -37,8 +38,6 @@ MULTI_VIEW, MONOCULAR = 0, 1
 
 def media_dir() -> Path:
     """``$FLEXAVATAR_MEDIA`` or ``../shared/media`` beside the checkout."""
-    import os
-
     return Path(os.environ.get("FLEXAVATAR_MEDIA") or MEDIA)
 
 
@@ -77,48 +76,3 @@ class TrainingSample:
             target_cameras=[c.to(device) for c in self.target_cameras],
             **move,
         )
-
-
-def resolve_config(name_or_path: str, overrides: list[str] | None = None):
-    """A :class:`FlexAvatarConfig` from a config name (``cpu-s``, ``gpu-l``, ``tiny``: a
-    test-sized network), a ``config.json`` path or a checkpoint folder, plus ``key=value`` overrides."""
-    import json
-
-    from flexavatar.model import FlexAvatarConfig, get_config
-
-    path = Path(name_or_path)
-    if name_or_path == "tiny":
-        config = get_config("cpu-s")
-        for key, value in TINY_CONFIG.items():
-            setattr(config, key, value)
-    elif path.is_dir() or path.suffix == ".json":
-        config = FlexAvatarConfig(**json.loads((path / "config.json" if path.is_dir() else path).read_text()))
-    else:
-        config = get_config(name_or_path)
-    for item in overrides or []:
-        key, _, value = item.partition("=")
-        if not hasattr(config, key):
-            raise ValueError(f"unknown config field '{key}'")
-        setattr(config, key, type(getattr(config, key))(json.loads(value)))
-    if isinstance(config.deformer_channels, list):
-        config.deformer_channels = tuple(config.deformer_channels)
-    return config
-
-
-#: A test-sized network (crops 128², atlas 64²): the same code, seconds per hundred steps.
-TINY_CONFIG = {
-    "name": "tiny",
-    "crop_size": 128,
-    "atlas_resolution": 64,
-    "encoder_patch": 16,
-    "encoder_dim": 64,
-    "encoder_depth": 1,
-    "encoder_heads": 2,
-    "query_patch": 8,
-    "query_dim": 64,
-    "query_depth": 1,
-    "query_heads": 2,
-    "identity_channels": 8,
-    "deformer_channels": (8, 16),
-    "deformer_downsample": 2,
-}

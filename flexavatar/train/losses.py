@@ -1,6 +1,7 @@
 """Training losses and the pixel maps they use.
 
-total = L1 + 0.2·(1 − SSIM)   over ``loss_region``, every pixel weighted by ``pixel_weight``
+total = L1 + 0.2·(1 − SSIM)   (:func:`flexavatar.metrics.photometric_loss`) over ``loss_region``,
+                              every pixel weighted by ``pixel_weight``
         (×3 inside a box around the projected mouth when the mouth faces the camera)
       + 0.01·mean(static offset² + scale²) + 0.01·mean(dynamic offset² + scale² + rotation²)
 
@@ -11,13 +12,13 @@ tracked pose, dilated to take in hair (shoulders and clothes are not part of the
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
-from flexavatar.eval.metrics import ssim_map
+from flexavatar.head.model import HEAD_NECK_VERTICES
 from flexavatar.model.field import ATTRIBUTE_SLICES
 
-SSIM_WEIGHT = 0.2
 MOUTH_WEIGHT = 3.0
 STATIC_REG = 0.01
 DYNAMIC_REG = 0.01
@@ -26,16 +27,6 @@ MOUTH_LANDMARKS = slice(48, 68)
 MOUTH_PAD = 0.35
 #: Dilation of the head silhouette for real frames, as a fraction of the crop side.
 HEAD_REGION_DILATE = 0.06
-
-
-def photometric_loss(prediction: torch.Tensor, target: torch.Tensor, region: torch.Tensor,
-                     weight: torch.Tensor) -> dict[str, torch.Tensor]:  # fmt: skip
-    """prediction/target [B,3,H,W] in [0,1]; region/weight [B,1,H,W]. Returns l1, ssim (1−SSIM), total."""
-    w = region * weight
-    norm = w.sum().clamp_min(1.0)
-    l1 = ((prediction - target).abs().mean(1, keepdim=True) * w).sum() / norm
-    dssim = ((1 - ssim_map(prediction, target)) * w).sum() / norm
-    return {"l1": l1, "ssim": dssim, "photo": l1 + SSIM_WEIGHT * dssim}
 
 
 def static_regulariser(static_maps: torch.Tensor, atlas_mask: torch.Tensor) -> torch.Tensor:
@@ -95,10 +86,6 @@ def head_region(head, identity: torch.Tensor, expression: torch.Tensor, camera, 
                 ) -> torch.Tensor:  # fmt: skip
     """[1,H,W] float: the ICT head's silhouette (face, scalp, ears, neck) seen by ``camera``,
     dilated by ``dilate`` × the image side (to take in hair)."""
-    import cv2
-
-    from flexavatar.head.model import HEAD_NECK_VERTICES
-
     vertices = head.vertices(identity[None].to(head.device), expression[None].to(head.device))[0]
     pix = camera.to(head.device).project(vertices).cpu().numpy()
     triangles = head.triangles.cpu().numpy()

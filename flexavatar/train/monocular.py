@@ -16,7 +16,10 @@ import torch
 
 from flexavatar.assets import cache_dir
 from flexavatar.camera import Camera
+from flexavatar.tracking.fit import fit_head
 from flexavatar.train import DEFAULT_VIDEO, MONOCULAR, TRAIN_FRAMES, TrainingSample, media_dir
+from flexavatar.train.losses import head_region, mouth_weight_map
+from flexavatar.video import iter_frames
 
 FIT_VERSION = "1"
 #: Source and target of a pair are at least this many frames apart (when the range allows).
@@ -32,8 +35,6 @@ class VideoFrames:
         self._frames: list[np.ndarray] | None = None
 
     def __getitem__(self, index: int) -> np.ndarray:
-        from flexavatar.video import iter_frames
-
         if not 0 <= index < self.limit:
             raise IndexError(f"frame {index} is outside 0..{self.limit - 1}")
         if self._frames is None:
@@ -48,8 +49,6 @@ def fit_frames(video: VideoFrames, indices: list[int], resolution: int, num_iden
     """Joint ``fit_head`` of 1-4 frames (cached). Returns numpy arrays: masked [N,S,S,3] uint8,
     mask [N,S,S] float32, identity [K], expressions [N,57], viewmats [N,4,4], Ks [N,3,3],
     residual_px [N], frames [N]."""
-    from flexavatar.tracking.fit import fit_head
-
     stat = video.path.stat()
     key = hashlib.sha1(repr((FIT_VERSION, video.path.name, stat.st_size, tuple(indices), resolution,
                              num_identity)).encode()).hexdigest()[:16]  # fmt: skip
@@ -141,8 +140,6 @@ class MonocularPairs:
         return np.stack([self.fit(i)["expressions"][1] for i in range(len(self))])
 
     def __getitem__(self, index: int) -> TrainingSample:
-        from flexavatar.train.losses import head_region, mouth_weight_map
-
         fit = self.fit(index)
         crops, masks = fit_tensors(fit)
         cameras = fit_cameras(fit)

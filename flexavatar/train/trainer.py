@@ -19,16 +19,26 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
 from torch import nn
 
-from flexavatar.train import MONOCULAR, TrainingSample, resolve_config
+from flexavatar.metrics import photometric_loss
+from flexavatar.model import FlexAvatarModel, resolve_config
+from flexavatar.train import DEFAULT_VIDEO, EVAL_FRAMES, MONOCULAR, TRAIN_FRAMES, TrainingSample
 from flexavatar.train import losses as L
+from flexavatar.train.checkpoint import load_trainer_state, save_checkpoint, write_model_card
+from flexavatar.train.monocular import MonocularPairs
+from flexavatar.train.sampler import DensitySampler, histogram_table, rare_mask
+from flexavatar.train.synthetic import SyntheticHeads
+from flexavatar.train.textures import build_texture_bank
 
 LOG_FIELDS = ("step", "loss", "l1", "ssim", "reg", "monocular", "lr", "grad_norm", "step_s", "elapsed_s")
 
@@ -83,8 +93,8 @@ class TrainStep(nn.Module):
                 rgb, _ = model.render(avatar, sample.target_cameras, sample.target_expressions,
                                       data_source=sample.data_source)  # fmt: skip
                 prediction = rgb.permute(0, 3, 1, 2)
-                photo = L.photometric_loss(
-                    prediction, sample.target_images, sample.loss_region, sample.pixel_weight
+                photo = photometric_loss(
+                    prediction, sample.target_images, sample.loss_region * sample.pixel_weight
                 )
                 reg = L.STATIC_REG * L.static_regulariser(avatar.static_maps, model.atlas.mask)
                 if self._dynamic:
@@ -107,23 +117,17 @@ class DataMix:
     """Draws the samples of one step, deterministically from (seed, step, process, slot)."""
 
     def __init__(self, model, args, accelerator):
-        from flexavatar.train.sampler import DensitySampler
-
         self.seed = args.seed
         self.mono_fraction = args.mono_fraction
         self.rank = accelerator.process_index
         self.synthetic = self.monocular = self.sampler = None
         with accelerator.main_process_first():  # the first process builds the caches
             if self.mono_fraction < 1.0:
-                from flexavatar.train.synthetic import SyntheticHeads, build_texture_bank
-
                 sources = [(Path(t).name, Path(t)) for t in args.textures] if args.textures else None
                 bank = build_texture_bank(model.head, model.atlas, model.config.crop_size, sources)
                 self.synthetic = SyntheticHeads(model, bank, num_inputs=args.views, num_targets=args.targets,
                                                 pool=args.pool)  # fmt: skip
             if self.mono_fraction > 0.0:
-                from flexavatar.train.monocular import MonocularPairs
-
                 self.monocular = MonocularPairs(
                     model, videos=args.video, num_pairs=args.num_pairs, seed=args.seed
                 )
@@ -138,57 +142,6 @@ class DataMix:
             else:
                 samples.append(self.synthetic.sample(int(rng.integers(2**31))))
         return samples
-
-
-# ----------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(model, optimizer, folder: Path, state: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt.tmp")
-    (folder / "optimizer.pt.tmp").replace(folder / "optimizer.pt")
-    (folder / "trainer_state.json").write_text(json.dumps(state, indent=2))
-
-
-def load_trainer_state(folder: Path) -> dict | None:
-    path = folder / "trainer_state.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_model_card(folder: Path, state: dict) -> None:
-    """README.md with YAML front matter: what the weights are and how they were made."""
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    size_mb = (
-        (folder / "model.safetensors").stat().st_size / 1e6 if (folder / "model.safetensors").is_file() else 0
-    )
-    lines = [
-        "---",
-        "license: mit",
-        "library_name: pytorch",
-        "tags: [flexavatar, gaussian-splatting, avatar, 3d-head]",
-        "---",
-        f"# FlexAvatar `{config.get('name', '?')}` checkpoint",
-        "",
-        "Feed-forward network that turns 1-4 unposed portrait crops into an animatable 3D Gaussian head "
-        "(ICT-FaceKit head model, UV-atlas Gaussians, UNet deformer with bias sinks). Load with "
-        "`FlexAvatarModel.from_pretrained(folder)`; the ICT head and MediaPipe assets come separately "
-        "(see `flexavatar.assets`).",
-        "",
-        "## Training",
-        "",
-        f"- steps: {state.get('step')}, wall clock: {state.get('elapsed_total_s', 0) / 60:.1f} min, "
-        f"device: {state.get('device')}, processes: {state.get('num_processes')}, batch/process: {state.get('batch')}",
-        f"- data: synthetic multi-view ICT heads with textures lifted from real photos (class 0) and "
-        f"tracked pairs of frames {state.get('train_frames')} of `{state.get('video')}` (class 1, fraction "
-        f"{state.get('mono_fraction')}), density-adjusted expression sampling; frames "
-        f"{state.get('eval_frames')} are held out for evaluation",
-        f"- loss: masked L1 + 0.2·(1−SSIM), mouth ×3, small offset/scale regularisers; "
-        f"last-100-step mean {state.get('recent_loss')}",
-        f"- command: `{state.get('command')}`",
-        f"- weights: {size_mb:.1f} MB",
-        "",
-        "Evaluate with `python -m flexavatar eval --weights <this folder>` (self-reenactment on held-out frames).",
-    ]
-    (folder / "README.md").write_text("\n".join(lines) + "\n")
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -249,10 +202,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def show_sampler(args) -> None:
-    from flexavatar.model import FlexAvatarModel
-    from flexavatar.train.monocular import MonocularPairs
-    from flexavatar.train.sampler import DensitySampler, histogram_table, rare_mask
-
     model = FlexAvatarModel(resolve_config(args.config, args.set))
     pairs = MonocularPairs(model, videos=args.video, num_pairs=args.num_pairs, seed=args.seed)
     codes = pairs.target_expressions()
@@ -273,14 +222,6 @@ def _learning_rate(args, step: int) -> float:
 
 def train(args) -> dict:
     """Run (or continue) a training run; returns the final trainer state."""
-    import sys
-
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from flexavatar.model import FlexAvatarModel
-    from flexavatar.train import DEFAULT_VIDEO, EVAL_FRAMES, TRAIN_FRAMES
-
     use_cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     mixed = args.mixed_precision or ("no" if use_cpu else "bf16")
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed)
@@ -296,8 +237,6 @@ def train(args) -> dict:
     elif args.init_from:
         # the weights of another run, under this run's config (e.g. a faster deformer grid:
         # conv weights do not depend on the grid size)
-        from safetensors.torch import load_file
-
         model = FlexAvatarModel(resolve_config(args.config, args.set))
         model.load_state_dict(load_file(str(Path(args.init_from) / "model.safetensors")))
         accelerator.print(f"initialised from {args.init_from}")
@@ -412,6 +351,4 @@ def train(args) -> dict:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    import sys
-
     sys.exit(main(sys.argv[1:]))
