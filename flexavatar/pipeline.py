@@ -317,7 +317,7 @@ def driving_cameras(
     viewmat = source.viewmat.double().cpu().numpy()
     source_rot, source_t = viewmat[:3, :3], viewmat[:3, 3]
     centre_cam = source_rot @ head_centre + source_t  # the head centre in the source camera
-    from flexavatar.tracking.pose import axis_angle_to_matrix
+    from flexavatar.rotations import axis_angle_to_matrix
 
     drive_rot = axis_angle_to_matrix(rotations)  # [T,3,3] float64
     drive_centre = drive_rot @ head_centre + translations  # [T,3]

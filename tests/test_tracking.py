@@ -8,6 +8,12 @@ import torch
 
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES
+from flexavatar.rotations import (
+    axis_angle_to_matrix,
+    matrix_to_axis_angle,
+    rotation_angle_deg,
+    unwrap_rotvecs,
+)
 from flexavatar.tracking import (
     MIN_FACE_PX,
     crop_head,
@@ -19,14 +25,7 @@ from flexavatar.tracking import (
 )
 from flexavatar.tracking import correspondence as correspondence_module
 from flexavatar.tracking.filters import OneEuroFilter, smooth_sequence
-from flexavatar.tracking.pose import (
-    axis_angle_to_matrix,
-    matrix_to_axis_angle,
-    mediapipe_focal_px,
-    mediapipe_to_head_pose,
-    rotation_angle_deg,
-    unwrap_rotvecs,
-)
+from flexavatar.tracking.pose import mediapipe_focal_px, mediapipe_to_head_pose
 from flexavatar.tracking.video_track import drop_short_runs, fill_gaps
 from flexavatar.video import read_image
 

@@ -36,14 +36,11 @@ import torch
 from flexavatar import assets
 from flexavatar.camera import Camera, focal_from_fov
 from flexavatar.head.model import CM_TO_M, load_ict_arrays
+from flexavatar.rotations import axis_angle_to_matrix_torch, matrix_to_axis_angle
 from flexavatar.tracking.correspondence import load_correspondence
 from flexavatar.tracking.crop import HeadCrop, crop_head
 from flexavatar.tracking.detect import FaceDetection, detect_face
-from flexavatar.tracking.pose import (
-    axis_angle_to_matrix_torch,
-    matrix_to_axis_angle,
-    mediapipe_to_head_pose,
-)
+from flexavatar.tracking.pose import mediapipe_to_head_pose
 
 #: Identity modes fitted by default.
 DEFAULT_NUM_IDENTITY = 32

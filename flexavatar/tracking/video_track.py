@@ -28,6 +28,7 @@ import numpy as np
 
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import mediapipe_to_ict
+from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, relative_rotvecs, unwrap_rotvecs
 from flexavatar.tracking.correspondence import load_correspondence
 from flexavatar.tracking.crop import crop_boxes_from_landmarks
 from flexavatar.tracking.detect import (
@@ -38,14 +39,7 @@ from flexavatar.tracking.detect import (
     video_landmarker,
 )
 from flexavatar.tracking.filters import smooth_sequence
-from flexavatar.tracking.pose import (
-    axis_angle_to_matrix,
-    matrix_to_axis_angle,
-    mediapipe_focal_px,
-    mediapipe_to_head_pose,
-    relative_rotvecs,
-    unwrap_rotvecs,
-)
+from flexavatar.tracking.pose import mediapipe_focal_px, mediapipe_to_head_pose
 
 #: Channel scales before One Euro filtering, so one ``beta`` fits all: 1 unit ~ a full
 #: expression weight, ~11 degrees of rotation, 10 cm of translation, 20% of the crop side.
