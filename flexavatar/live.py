@@ -33,15 +33,11 @@ from flexavatar.pipeline import (
     driving_expressions,
     load_model,
 )
+from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, relative_rotvecs
 from flexavatar.tracking.correspondence import load_correspondence
 from flexavatar.tracking.detect import blendshape_scores, close_task, create_landmarker, mp_image
 from flexavatar.tracking.filters import OneEuroFilter, min_cutoff_for
-from flexavatar.tracking.pose import (
-    axis_angle_to_matrix,
-    matrix_to_axis_angle,
-    mediapipe_to_head_pose,
-    relative_rotvecs,
-)
+from flexavatar.tracking.pose import mediapipe_to_head_pose
 from flexavatar.tracking.video_track import EXPRESSION_BETA, POSE_BETA, ROTATION_UNIT_RAD, TRANSLATION_UNIT_M
 
 #: Frame rate the causal filter assumes (webcams stream at 15-30 frames/s; the Space asks for ~20).
