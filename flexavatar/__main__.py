@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from flexavatar import options as request_options
+
 
 class _Bar:
     """tqdm progress bar fed by the pipeline's (stage, fraction) callback."""
@@ -46,7 +48,8 @@ def _create(args, rest) -> None:
     from flexavatar.pipeline import create_avatar
 
     bar, report = _Bar(), {}
-    avatar = create_avatar(args.images, refine_seconds=args.refine, progress=bar, model=_model(args), report=report)
+    kwargs = request_options.from_arguments(args).step_kwargs("create")
+    avatar = create_avatar(args.images, progress=bar, model=_model(args), report=report, **kwargs)
     bar.close()
     path = avatar.save(args.out)
     _print_report(report)
@@ -58,8 +61,8 @@ def _turntable(args, rest) -> None:
 
     model = _model(args)
     bar = _Bar()
-    path = turntable(read_avatar(args.avatar, model), frames=args.frames, fps=args.fps, elevation_deg=args.elevation,
-                     resolution=args.resolution, out_path=args.out, progress=bar, model=model)  # fmt: skip
+    kwargs = request_options.from_arguments(args).step_kwargs("turntable")
+    path = turntable(read_avatar(args.avatar, model), out_path=args.out, progress=bar, model=model, **kwargs)
     bar.close()
     print(f"wrote {path}")
 
@@ -69,9 +72,9 @@ def _reenact(args, rest) -> None:
 
     model = _model(args)
     bar, report = _Bar(), {}
-    path = reenact(read_avatar(args.avatar, model), args.driving, relative=not args.absolute, smoothing=args.smoothing,
-                   side_by_side=args.side_by_side, max_seconds=args.max_seconds, resolution=args.resolution,
-                   out_path=args.out, progress=bar, model=model, report=report)  # fmt: skip
+    kwargs = request_options.from_arguments(args).step_kwargs("reenact")
+    path = reenact(read_avatar(args.avatar, model), args.driving, out_path=args.out, progress=bar, model=model,
+                   report=report, **kwargs)  # fmt: skip
     bar.close()
     _print_report(report)
     print(f"wrote {path}")
@@ -81,10 +84,8 @@ def _run(args, rest) -> None:
     from flexavatar.pipeline import run
 
     bar, report = _Bar(), {}
-    paths = run(args.images, args.driving, args.out_dir, refine_seconds=args.refine, turntable_frames=args.frames,
-                resolution=args.resolution, relative=not args.absolute, smoothing=args.smoothing,
-                side_by_side=args.side_by_side, max_seconds=args.max_seconds, progress=bar, model=_model(args),
-                report=report)  # fmt: skip
+    paths = run(args.images, args.driving, args.out_dir, request_options.from_arguments(args), progress=bar,
+                model=_model(args), report=report)  # fmt: skip
     bar.close()
     _print_report(report)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
@@ -112,17 +113,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
-def _add_render(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resolution", type=int, choices=[256, 512], default=256, help="output frame size")
-
-
-def _add_reenact(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--absolute", action="store_true", help="copy the driver's expression/pose instead of its motion")
-    p.add_argument("--smoothing", type=float, default=0.5, help="temporal smoothing 0 (off) .. 1 (strong)")
-    p.add_argument("--side-by-side", action="store_true", help="put the driving face left of the avatar")
-    p.add_argument("--max-seconds", type=float, default=60.0, help="cut longer driving videos")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flexavatar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,17 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("create", help="photos -> .avatar file")
     p.add_argument("images", nargs="+", help="1-4 photos of one person")
     p.add_argument("--out", required=True, help="output .avatar path")
-    p.add_argument("--refine", type=float, default=0.0, help="seconds of test-time refinement (0 = off)")
+    request_options.add_arguments(p, "create")
     _add_common(p)
     p.set_defaults(func=_create)
 
     p = sub.add_parser("turntable", help=".avatar -> 360° turntable mp4")
     p.add_argument("avatar")
     p.add_argument("--out", required=True)
-    p.add_argument("--frames", type=int, default=72)
-    p.add_argument("--fps", type=float, default=24)
-    p.add_argument("--elevation", type=float, default=10.0, help="camera elevation in degrees")
-    _add_render(p)
+    request_options.add_arguments(p, "turntable")
     _add_common(p)
     p.set_defaults(func=_turntable)
 
@@ -148,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("avatar")
     p.add_argument("driving")
     p.add_argument("--out", required=True)
-    _add_reenact(p)
-    _add_render(p)
+    request_options.add_arguments(p, "reenact")
     _add_common(p)
     p.set_defaults(func=_reenact)
 
@@ -157,10 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--driving", required=True)
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--refine", type=float, default=0.0)
-    p.add_argument("--frames", type=int, default=72, help="turntable frames")
-    _add_reenact(p)
-    _add_render(p)
+    request_options.add_arguments(p, "create", "turntable", "reenact")
     _add_common(p)
     p.set_defaults(func=_run)
 

@@ -21,15 +21,14 @@ from flexavatar.camera import Camera, focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import EXPRESSION_INDEX
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
+from flexavatar.options import DEFAULTS, RequestOptions
 
 Progress = Callable[[str, float], None]
 
 MAX_IMAGES = 4
-DEFAULT_MAX_SECONDS = 60.0
 TURNTABLE_FOV_DEG = 20.0
 TURNTABLE_DISTANCE_M = 0.85
 RENDER_CHUNK = 8  # frames rendered per deformer batch: bounds memory, whatever the video length
-WHITE = (255, 255, 255)
 
 
 def _report(progress: Progress | None, stage: str, fraction: float) -> None:
@@ -85,7 +84,7 @@ def _image_list(images) -> list:
 
 def create_avatar(
     images,
-    refine_seconds: float = 0.0,
+    refine_seconds: float = DEFAULTS.refine_seconds,
     progress: Progress | None = None,
     model: FlexAvatarModel | None = None,
     report: dict | None = None,
@@ -186,12 +185,12 @@ def turntable_cameras(model: FlexAvatarModel, frames: int, elevation_deg: float,
 
 def turntable(
     avatar: Avatar,
-    frames: int = 72,
-    fps: float = 24,
-    elevation_deg: float = 10.0,
+    frames: int = DEFAULTS.turntable_frames,
+    fps: float = DEFAULTS.turntable_fps,
+    elevation_deg: float = DEFAULTS.elevation_deg,
     expression=None,
-    resolution: int = 256,
-    background=WHITE,
+    resolution: int = DEFAULTS.resolution,
+    background=DEFAULTS.background,
     out_path=None,
     progress: Progress | None = None,
     model: FlexAvatarModel | None = None,
@@ -353,12 +352,12 @@ def driving_expressions(avatar: Avatar, driver: np.ndarray, relative: bool) -> n
 def reenact(
     avatar: Avatar,
     driving_video,
-    relative: bool = True,
-    smoothing: float = 0.5,
-    side_by_side: bool = False,
-    max_seconds: float = DEFAULT_MAX_SECONDS,
-    resolution: int = 256,
-    background=WHITE,
+    relative: bool = DEFAULTS.relative,
+    smoothing: float = DEFAULTS.smoothing,
+    side_by_side: bool = DEFAULTS.side_by_side,
+    max_seconds: float = DEFAULTS.max_seconds,
+    resolution: int = DEFAULTS.resolution,
+    background=DEFAULTS.background,
     out_path=None,
     progress: Progress | None = None,
     model: FlexAvatarModel | None = None,
@@ -456,24 +455,22 @@ def run(
     images,
     driving_video,
     out_dir,
-    refine_seconds: float = 0.0,
-    turntable_frames: int = 72,
-    resolution: int = 256,
-    relative: bool = True,
-    smoothing: float = 0.5,
-    side_by_side: bool = False,
-    max_seconds: float = DEFAULT_MAX_SECONDS,
-    background=WHITE,
+    options: RequestOptions = DEFAULTS,
     progress: Progress | None = None,
     model: FlexAvatarModel | None = None,
     report: dict | None = None,
+    **changes,
 ) -> dict[str, Path]:
     """Everything at once: avatar, .avatar, .ply, turntable and reenactment in ``out_dir``.
 
+    options: the request's settings (:class:`~flexavatar.options.RequestOptions`); keyword
+    ``changes`` by option name (``turntable_frames=24``) override single ones. Without a
+    driving video only the reenactment is skipped.
     Returns {"avatar", "ply", "turntable", "reenactment"} -> paths.
     """
     from flexavatar.video import probe_video
 
+    options = options.replace(**changes) if changes else options
     model = _as_model(model)
     _image_list(images)  # fail on bad counts before any work
     if driving_video is not None:
@@ -482,18 +479,15 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = report if report is not None else {}
     create_report: dict = {}
-    avatar = create_avatar(images, refine_seconds=refine_seconds, progress=progress, model=model, report=create_report)
+    avatar = create_avatar(images, progress=progress, model=model, report=create_report, **options.step_kwargs("create"))
     paths = {"avatar": avatar.save(out_dir / "avatar.avatar")}
     paths["ply"] = export_ply(avatar, out_dir / "avatar.ply", model=model)
-    paths["turntable"] = turntable(avatar, frames=turntable_frames, resolution=resolution, background=background,
-                                   out_path=out_dir / "turntable.mp4", progress=progress, model=model)  # fmt: skip
+    paths["turntable"] = turntable(avatar, out_path=out_dir / "turntable.mp4", progress=progress, model=model,
+                                   **options.step_kwargs("turntable"))  # fmt: skip
     reenact_report: dict = {}
     if driving_video is not None:
-        paths["reenactment"] = reenact(
-            avatar, driving_video, relative=relative, smoothing=smoothing, side_by_side=side_by_side,
-            max_seconds=max_seconds, resolution=resolution, background=background,
-            out_path=out_dir / "reenactment.mp4", progress=progress, model=model, report=reenact_report,
-        )  # fmt: skip
+        paths["reenactment"] = reenact(avatar, driving_video, out_path=out_dir / "reenactment.mp4", progress=progress,
+                                       model=model, report=reenact_report, **options.step_kwargs("reenact"))  # fmt: skip
     report.update(create=create_report, reenact=reenact_report,
                   warnings=create_report.get("warnings", []) + reenact_report.get("warnings", []))  # fmt: skip
     return paths

@@ -100,6 +100,7 @@ def app_url(app_module):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app_module.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    app_module.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                           **app_module.LAUNCH)  # fmt: skip
     yield f"http://127.0.0.1:{port}/"
     app_module.demo.close()

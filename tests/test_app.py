@@ -37,7 +37,7 @@ def avatar_file(client) -> str:
     """An .avatar made by the app (downloaded to the client side)."""
     from gradio_client import handle_file
 
-    avatar, _ = client.predict(
+    avatar, _, _ = client.predict(
         photos=[handle_file(str(EXAMPLES / "astronaut.png"))], refine_seconds=0, api_name="/create_avatar"
     )
     return avatar
@@ -62,15 +62,16 @@ def turntable_works(client, avatar_file) -> None:
 
 
 # ---------------------------------------------------------------------------------- fast units
-def test_parse_colour(app_module):
-    assert app_module.parse_colour("#ffffff") == (255, 255, 255)
-    assert app_module.parse_colour("#0a0") == (0, 170, 0)
-    assert app_module.parse_colour("rgba(12, 34, 56, 1)") == (12, 34, 56)
-    assert app_module.parse_colour(None) == (255, 255, 255)
+def test_parse_colour():
     from flexavatar.errors import InvalidInputError
+    from flexavatar.options import parse_colour
 
+    assert parse_colour("#ffffff") == (255, 255, 255)
+    assert parse_colour("#0a0") == (0, 170, 0)
+    assert parse_colour("rgba(12, 34, 56, 1)") == (12, 34, 56)
+    assert parse_colour(None) == (255, 255, 255)
     with pytest.raises(InvalidInputError, match="not a colour"):
-        app_module.parse_colour("blue-ish")
+        parse_colour("blue-ish")
 
 
 def test_spaces_gpu_is_a_noop_off_zerogpu(app_module):
@@ -84,9 +85,10 @@ def test_spaces_gpu_is_a_noop_off_zerogpu(app_module):
     assert not hasattr(app_module._generate, "zerogpu")  # plain function here, GPU wrapper on ZeroGPU
 
 
-def test_sweep_keeps_running_requests_and_young_folders(app_module, monkeypatch, tmp_path):
-    monkeypatch.setattr(app_module, "OUTPUT_ROOT", tmp_path)
-    with app_module.request_dir() as running:
+def test_sweep_keeps_running_requests_and_young_folders(tmp_path):
+    from flexavatar import space
+
+    with space.request_dir(root=tmp_path) as running:
         old = tmp_path / "req-old"
         old.mkdir()
         (old / "turntable.mp4").write_bytes(b"x")
@@ -97,9 +99,9 @@ def test_sweep_keeps_running_requests_and_young_folders(app_module, monkeypatch,
         os.utime(running, (past, past))  # running for an hour: still kept
         young = tmp_path / "req-young"
         young.mkdir()
-        assert app_module.sweep_outputs(max_age_s=600) == 1
+        assert space.sweep_outputs(max_age_s=600, root=tmp_path) == 1
         assert running.is_dir() and young.is_dir() and not old.exists()
-    assert app_module.sweep_outputs(max_age_s=0) == 2  # finished: now both go
+    assert space.sweep_outputs(max_age_s=0, root=tmp_path) == 2  # finished: now both go
 
 
 def test_example_files_are_small_and_trackable():
@@ -142,12 +144,26 @@ def test_api_names_and_parameters(client):
             "max_seconds",
         ],
     }
-    assert {name: len(ep["returns"]) for name, ep in api.items()} == {
-        "/create_avatar": 2,
-        "/turntable": 1,
-        "/reenact": 1,
-        "/generate": 4,
+    returns = {name: [r["label"] for r in ep["returns"]] for name, ep in api.items()}
+    assert returns == {
+        "/create_avatar": ["Avatar file (.avatar)", "Preview image (front view)", "Notes"],
+        "/turntable": ["Turntable video"],
+        "/reenact": ["Reenactment video", "Notes"],
+        "/generate": [
+            "Turntable video",
+            "Reenactment video",
+            "Gaussian splat file (.ply)",
+            "Avatar file (.avatar)",
+            "Notes",
+        ],
     }
+    # resolution is an int choice; everything but the photos / avatar file has a default
+    resolution = next(p for p in api["/turntable"]["parameters"] if p["parameter_name"] == "resolution")
+    assert resolution["type"]["enum"] == [256, 512]
+    optional = {n: [p["parameter_name"] for p in ep["parameters"] if not p["parameter_has_default"]]
+                for n, ep in api.items()}  # fmt: skip
+    assert optional == {"/create_avatar": ["photos"], "/turntable": ["avatar_file"],
+                        "/reenact": ["avatar_file", "driving_video"], "/generate": ["photos"]}  # fmt: skip
 
 
 # ------------------------------------------------------------------------ endpoints (docs snippets)
@@ -172,8 +188,10 @@ def test_docs_snippets_call_every_endpoint(app_url, monkeypatch, tmp_path):
     snippets = doc_snippets()
     assert len(snippets) == 4
     ns: dict = {}
+    notes = []
     for snippet in snippets[:3]:  # create_avatar -> turntable, reenact with the created avatar
         exec(snippet, ns)  # noqa: S102 - our own documentation
+        notes.append(ns.get("notes"))
     created = pipeline.read_avatar(ns["avatar_file"])
     preview = Image.open(ns["preview_png"])
     assert preview.format == "PNG" and preview.size == (256, 256)
@@ -181,7 +199,10 @@ def test_docs_snippets_call_every_endpoint(app_url, monkeypatch, tmp_path):
     assert frame_count(ns["turntable_mp4"]) == 24
     assert frame_count(ns["reenactment_mp4"]) == 24  # 1.0 s of the 24 fps example
 
+    # the reenactment was cut at max_seconds: the notes say so, and where to change it
+    assert "tracked the first 24 of 72 frames" in notes[2] and "max_seconds" in notes[2], notes
     exec(snippets[3], ns)  # noqa: S102 - /generate
+    assert "Finished in" in ns["notes"]
     assert frame_count(ns["turntable_mp4"]) == 24
     assert frame_count(ns["reenactment_mp4"]) == 24
     generated = pipeline.read_avatar(ns["avatar_file"])
@@ -196,7 +217,7 @@ def test_create_avatar_with_refinement(client, avatar_file):
 
     from flexavatar import pipeline
 
-    refined, preview = client.predict(
+    refined, preview, _ = client.predict(
         photos=[handle_file(str(EXAMPLES / "astronaut.png"))], refine_seconds=2, api_name="/create_avatar"
     )
     plain_maps = pipeline.read_avatar(avatar_file).static_maps
@@ -356,7 +377,7 @@ def test_concurrent_generate_gets_separate_correct_results(
 
     assert peak[0] == 2, "the two requests did not overlap"
     assert len({str(f) for f in folders}) == 2
-    (tt_a, re_a, ply_a, av_a), (tt_b, re_b, ply_b, av_b) = results["a"], results["b"]
+    (tt_a, re_a, ply_a, av_a, _), (tt_b, re_b, ply_b, av_b, _) = results["a"], results["b"]
     assert (frame_count(tt_a), frame_count(tt_b)) == (8, 16)
     assert (frame_count(re_a), frame_count(re_b)) == (15, 12)  # 0.5 s at 30 fps / 24 fps
     from flexavatar.video import probe_video
@@ -367,7 +388,7 @@ def test_concurrent_generate_gets_separate_correct_results(
     assert not np.allclose(avatar_a.static_maps.cpu().numpy(), avatar_b.static_maps.cpu().numpy())
     # every downloaded file is byte-identical to the one its own request folder holds
     by_folder = {sha256(p): folder for folder in folders for p in Path(folder).iterdir()}
-    for key, files in results.items():
+    for key, (*files, _notes) in results.items():
         owners = {by_folder[sha256(p)] for p in files}
         assert len(owners) == 1, f"{key}'s results come from several request folders"
     assert by_folder[sha256(tt_a)] != by_folder[sha256(tt_b)]
@@ -379,13 +400,15 @@ def test_finished_request_files_are_cleaned_up(client, avatar_file, app_module, 
     uploads and results: deleted by ``delete_cache``'s schedule."""
     from gradio import route_utils
 
-    root = app_module.OUTPUT_ROOT
-    monkeypatch.setattr(app_module, "OUTPUT_MAX_AGE_S", 0.0)
+    from flexavatar import space
+
+    root = space.OUTPUT_ROOT
+    monkeypatch.setattr(space, "OUTPUT_MAX_AGE_S", 0.0)
     for _ in range(2):
         turntable_works(client, avatar_file)
         left = sorted(root.glob("req-*"))
         assert len(left) == 1, left  # only the request that just finished (swept at the next one)
-    assert app_module.sweep_outputs() == 1 and not list(root.glob("req-*"))
+    assert space.sweep_outputs() == 1 and not list(root.glob("req-*"))
 
     demo = app_module.demo
     assert demo.delete_cache == app_module.DELETE_CACHE
