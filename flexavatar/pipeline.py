@@ -21,7 +21,7 @@ from flexavatar.camera import Camera, focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import EXPRESSION_INDEX
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
-from flexavatar.options import DEFAULTS, RequestOptions
+from flexavatar.options import DEFAULTS, WHITE, RequestOptions  # noqa: F401 - WHITE: live.py imports it here
 
 Progress = Callable[[str, float], None]
 
@@ -260,7 +260,7 @@ def render_still(
     yaw_deg: float = 0.0,
     pitch_deg: float = 0.0,
     resolution: int = 256,
-    background=WHITE,
+    background=DEFAULTS.background,
     model: FlexAvatarModel | None = None,
 ) -> np.ndarray:
     """One frame [S,S,3] uint8 of ``avatar`` with expression controls and a head turn.
