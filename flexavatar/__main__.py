@@ -1,4 +1,4 @@
-"""Command line: ``python -m flexavatar {create,turntable,reenact,run,train,eval,bench,publish} --help``."""
+"""Command line: ``python -m flexavatar {create,turntable,reenact,run,live,train,eval,bench,publish} --help``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 
 from flexavatar import options as request_options
+from flexavatar.errors import InvalidInputError
 
 
 class _Bar:
@@ -102,6 +103,19 @@ def _publish(args, rest) -> None:
     print(f"uploaded: {publish(plan, private=args.private)}")
 
 
+def _live(args, rest) -> None:
+    from flexavatar.live import LiveSession, require_display, run_camera_window
+    from flexavatar.pipeline import read_avatar
+
+    require_display()  # before loading anything
+    model = _model(args)
+    camera = int(args.camera) if str(args.camera).isdigit() else args.camera
+    with LiveSession(read_avatar(args.avatar, model), model=model, resolution=args.resolution,
+                     smoothing=args.smoothing) as session:  # fmt: skip
+        stats = run_camera_window(session, camera)
+    print(f"{stats['frames']} frames, {stats['fps']:.1f} frames/s, median latency {stats['latency_ms']:.0f} ms")
+
+
 def _bench(args, rest) -> None:
     from flexavatar.eval.bench import run_topic
 
@@ -159,15 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; no network")
     p.set_defaults(func=_publish)
 
+    p = sub.add_parser("live", help="drive an avatar from your camera, live, in a desktop window")
+    p.add_argument("avatar", help=".avatar file (python -m flexavatar create ...)")
+    p.add_argument("--camera", default="0", help="camera index (0 = default webcam) or a video file")
+    p.add_argument("--smoothing", type=float, default=0.3, help="temporal smoothing 0 (off) .. 1 (strong)")
+    _add_render(p)
+    _add_common(p)
+    p.set_defaults(func=_live)
+
     p = sub.add_parser("bench", help="print speed/memory figures for one part")
-    p.add_argument("topic", choices=["head", "render", "tracking", "model", "pipeline"])
+    p.add_argument("topic", choices=["head", "render", "tracking", "model", "pipeline", "live"])
     p.set_defaults(func=_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flexavatar.errors import InvalidInputError
-
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command not in ("bench", "train", "eval") and rest:

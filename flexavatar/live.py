@@ -14,6 +14,7 @@ falls behind therefore sees the newest frame next, not a growing backlog.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -225,3 +226,49 @@ class LiveSession:
         return {"frames": self.frames_done, "dropped": self.frames_dropped, "fps": fps, "latency_ms": latency,
                 "seconds": time.monotonic() - self.started}  # fmt: skip
 
+
+
+def require_display() -> None:
+    """Raise :class:`InvalidInputError` unless a desktop window can open here (X11 or Wayland)."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise InvalidInputError("no display here ($DISPLAY is not set), so the live window cannot open. "
+                                "Run it on a desktop, or use the Space's Live tab in a browser "
+                                "(`python -m flexavatar bench live` measures the speed without a window).")  # fmt: skip
+
+
+def run_camera_window(session: LiveSession, camera: int | str = 0, title: str = "FlexAvatar live") -> dict:
+    """Drive ``session`` from a local camera (index or video path) in an OpenCV window: the
+    camera on the left, the avatar on the right. Keys: ``n`` reset neutral, ``q``/Esc quit.
+
+    Raises :class:`InvalidInputError` without a display or when the camera does not open.
+    Returns the session's :meth:`LiveSession.stats` at the end.
+    """
+    import cv2
+
+    require_display()
+    capture = cv2.VideoCapture(camera)
+    if not capture.isOpened():
+        raise InvalidInputError(f"camera {camera!r} could not be opened; check that it is connected and not in use "
+                                "(try --camera 1 for a second camera).")  # fmt: skip
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            result = session.process(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            if result is not None:
+                side = bgr.shape[0]
+                avatar = cv2.resize(cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR), (side, side))
+                stats = session.stats()
+                cv2.putText(avatar, f"{stats['fps']:.0f} fps  {stats['latency_ms']:.0f} ms  [n] neutral  [q] quit",
+                            (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (60, 60, 60), 1, cv2.LINE_AA)  # fmt: skip
+                cv2.imshow(title, np.concatenate([bgr, avatar], 1))
+            key = cv2.waitKey(1) & 0xFF
+            if key in (ord("q"), 27):
+                break
+            if key == ord("n"):
+                session.reset_neutral()
+    finally:
+        capture.release()
+        cv2.destroyAllWindows()
+    return session.stats()

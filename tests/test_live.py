@@ -4,6 +4,8 @@ gradio: the shipped checkpoint, a real photo, a real clip decoded frame by frame
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -147,3 +149,11 @@ def test_blend_avatars(shipped_model, astronaut_avatar, shared_media):
         pipeline.blend_avatars(astronaut_avatar, other, 1.5)
     with pytest.raises(InvalidInputError, match="different networks"):
         pipeline.blend_avatars(astronaut_avatar, replace(other, config_name="gpu-l"), 0.5)
+
+
+def test_cli_live_without_a_display_says_so(tmp_path):
+    """`python -m flexavatar live` on a headless machine: a clear message, exit code 2, no traceback."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run([sys.executable, "-m", "flexavatar", "live", str(tmp_path / "me.avatar"), "--camera", "0"],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert proc.returncode == 2 and "no display" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
