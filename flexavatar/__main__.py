@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("avatar", help=".avatar file (python -m flexavatar create ...)")
     p.add_argument("--camera", default="0", help="camera index (0 = default webcam) or a video file")
     p.add_argument("--smoothing", type=float, default=0.3, help="temporal smoothing 0 (off) .. 1 (strong)")
-    _add_render(p)
+    p.add_argument("--resolution", type=int, choices=request_options.RESOLUTIONS, default=256, help="avatar frame size")
     _add_common(p)
     p.set_defaults(func=_live)
 

@@ -26,8 +26,8 @@ import torch
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import mediapipe_to_ict
 from flexavatar.model import Avatar, FlexAvatarModel
+from flexavatar.options import WHITE
 from flexavatar.pipeline import (
-    WHITE,
     _background,
     _to_uint8,
     driving_cameras,

@@ -21,7 +21,7 @@ from flexavatar.camera import Camera, focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import EXPRESSION_INDEX
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
-from flexavatar.options import DEFAULTS, WHITE, RequestOptions  # noqa: F401 - WHITE: live.py imports it here
+from flexavatar.options import DEFAULTS, RequestOptions
 
 Progress = Callable[[str, float], None]
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 import pytest
+import torch
 from media_checks import assert_faststart, audio_seconds, ffmpeg, ffmpeg_info
 
 from flexavatar import pipeline
