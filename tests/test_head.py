@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from flexavatar.head import ICT_EXPRESSION_NAMES, MEDIAPIPE_BLENDSHAPE_NAMES, UVAtlas, mediapipe_to_ict
 from flexavatar.head.atlas import REGION_NAMES
-from flexavatar.head.blendshapes import EXPRESSION_INDEX
+from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.head.model import HEAD_NECK_VERTICES
 
 
 def expr(**weights):
-    code = torch.zeros(1, 57)
+    code = torch.zeros(1, NUM_EXPRESSIONS)
     for name, value in weights.items():
         code[0, EXPRESSION_INDEX[name]] = value
     return code
@@ -39,9 +43,9 @@ def test_jaw_open_moves_chin_down_not_back_of_head(head):
 def test_identity_changes_shape_and_blendshapes_are_linear(head):
     gen = torch.Generator().manual_seed(0)
     ident = torch.randn(2, 10, generator=gen)
-    a, b = torch.rand(1, 57, generator=gen) * 0.5, torch.rand(1, 57, generator=gen) * 0.5
-    base = head.vertices(ident[:1], torch.zeros(1, 57))
-    other = head.vertices(ident[1:], torch.zeros(1, 57))
+    a, b = torch.rand(1, NUM_EXPRESSIONS, generator=gen) * 0.5, torch.rand(1, NUM_EXPRESSIONS, generator=gen) * 0.5
+    base = head.vertices(ident[:1], torch.zeros(1, NUM_EXPRESSIONS))
+    other = head.vertices(ident[1:], torch.zeros(1, NUM_EXPRESSIONS))
     assert (base - other).norm(dim=-1).max() > 0.005
     lhs = head.vertices(ident[:1], a + b)
     rhs = head.vertices(ident[:1], a) + head.vertices(ident[:1], b) - base
@@ -49,7 +53,7 @@ def test_identity_changes_shape_and_blendshapes_are_linear(head):
 
 
 def test_vertices_batched_and_identity_mode_limit(head):
-    out = head.vertices(torch.zeros(4, 5), torch.zeros(4, 57))
+    out = head.vertices(torch.zeros(4, 5), torch.zeros(4, NUM_EXPRESSIONS))
     assert out.shape == (4, head.num_vertices, 3)
     with pytest.raises(ValueError, match="57"):
         head.vertices(expression=torch.zeros(1, 52))
@@ -87,7 +91,7 @@ def test_atlas_regions_and_samples(head, resolution, capsys):
 
 
 def test_surface_points_and_position_map_round_trip(head, atlas128):
-    verts = head.vertices(torch.zeros(1, 10), torch.zeros(1, 57))
+    verts = head.vertices(torch.zeros(1, 10), torch.zeros(1, NUM_EXPRESSIONS))
     points = atlas128.surface_points(verts)
     tri = head.triangles[atlas128.texel_triangle]
     reference = (verts[0][tri] * atlas128.barycentric[:, :, None]).sum(1)
@@ -109,11 +113,20 @@ def test_tangent_frames_are_rotations_with_outward_face_normals(head, atlas128):
     assert (outward[face] > 0).float().mean() > 0.9
 
 
-def test_converter_reproduces_shipped_arrays(tmp_path, shared_assets):
-    from flexavatar.head.convert_ict import main
+CONVERTER = Path(__file__).resolve().parents[1] / "scripts" / "convert_ict.py"
 
+
+def run_converter(*args, cwd) -> subprocess.CompletedProcess:
+    """The README's command, ``python scripts/convert_ict.py ...``, run from ``cwd``."""
+    return subprocess.run([sys.executable, str(CONVERTER), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_converter_reproduces_shipped_arrays(tmp_path, shared_assets):
     out = tmp_path / "ict.npz"
-    main([str(shared_assets / "ict_facekit" / "raw_subset"), str(out), "--allow-missing"])
+    done = run_converter(shared_assets / "ict_facekit" / "raw_subset", out, "--allow-missing", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out}" in done.stdout
     ours, shipped = np.load(out), np.load(shared_assets / "ict_facekit" / "ict_facekit.npz")
     for key in ["neutral", "triangles", "uvs", "triangle_uvs", "triangle_material", "material_names",
                 "vertex_region", "region_names", "landmarks_multipie68", "fitting_vertices",
@@ -129,7 +142,8 @@ def test_converter_reproduces_shipped_arrays(tmp_path, shared_assets):
 
 
 def test_converter_refuses_partial_release_without_flag(tmp_path, shared_assets):
-    from flexavatar.head.convert_ict import convert
-
-    with pytest.raises(FileNotFoundError, match="allow-missing"):
-        convert(shared_assets / "ict_facekit" / "raw_subset", tmp_path / "x.npz")
+    done = run_converter(shared_assets / "ict_facekit" / "raw_subset", tmp_path / "x.npz", cwd=tmp_path)
+    assert done.returncode == 2 and "allow-missing" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x.npz").exists()
+    done = run_converter(tmp_path / "no_such_folder", tmp_path / "x.npz", cwd=tmp_path)
+    assert done.returncode == 2 and "pass the FaceXModel folder" in done.stderr

@@ -31,7 +31,7 @@ def load_ict_arrays(path: str) -> dict[str, np.ndarray]:
         arrays = {k: data[k] for k in data.files}
     names = tuple(str(n) for n in arrays["expression_names"])
     if names != ICT_EXPRESSION_NAMES:
-        raise ValueError(f"{path}: expression names differ from the 57 ICT names this code expects")
+        raise ValueError(f"{path}: expression names differ from the {NUM_EXPRESSIONS} ICT names this code expects")
     return arrays
 
 

@@ -1,8 +1,8 @@
-"""Build ``ict_facekit.npz`` from the public ICT-FaceKit release.
+"""Build ``ict_facekit.npz`` from the public ICT-FaceKit release (an offline tool, not part of the package).
 
-Usage::
+Usage, from the repository root::
 
-    python -m flexavatar.head.convert_ict ICT-FaceKit/FaceXModel ict_facekit.npz
+    python scripts/convert_ict.py ICT-FaceKit/FaceXModel ict_facekit.npz
 
 Reads ``generic_neutral_mesh.obj``, one OBJ per expression (``jawOpen.obj`` …) and per
 identity mode (``identity000.obj`` …), and ``vertex_indices.json``. Quads are fan-
@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from flexavatar.head.blendshapes import ICT_EXPRESSION_NAMES
+# Run from a checkout without installing the package: the expression names come from it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from flexavatar.head.blendshapes import ICT_EXPRESSION_NAMES  # noqa: E402
 
 NUM_IDENTITY = 100
 
@@ -124,7 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="output .npz path")
     parser.add_argument("--allow-missing", action="store_true", help="zero deltas for absent shape OBJs")
     args = parser.parse_args(argv)
-    path = convert(args.facekit_dir, args.out, allow_missing=args.allow_missing)
+    try:
+        path = convert(args.facekit_dir, args.out, allow_missing=args.allow_missing)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(str(exc))  # exits with status 2 and the message, no traceback
     print(f"wrote {path}")
 
 
