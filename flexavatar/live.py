@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from flexavatar.errors import InvalidInputError
-from flexavatar.head.blendshapes import mediapipe_to_ict
+from flexavatar.head.blendshapes import NUM_EXPRESSIONS, mediapipe_to_ict
 from flexavatar.model import Avatar, FlexAvatarModel
 from flexavatar.options import WHITE
 from flexavatar.pipeline import (
@@ -47,7 +47,6 @@ NOMINAL_RATE_HZ = 20.0
 LIVE_SMOOTHING = 0.3
 #: Frames over which :meth:`LiveSession.stats` averages the frame rate and latency.
 STATS_WINDOW = 30
-NUM_EXPRESSIONS = 57
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 
 from flexavatar.camera import Camera, focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
-from flexavatar.head.blendshapes import EXPRESSION_INDEX
+from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
 from flexavatar.options import DEFAULTS, RequestOptions
 
@@ -159,8 +159,8 @@ def _background(background) -> tuple[float, float, float]:
 def _expression_code(avatar: Avatar, expression) -> torch.Tensor:
     """[1,57] on the avatar's device: ``expression`` or, if None, the source photo's."""
     if expression is None:
-        return avatar.source_expression.reshape(1, 57)
-    code = torch.as_tensor(np.asarray(expression, dtype=np.float32)).reshape(1, 57)
+        return avatar.source_expression.reshape(1, NUM_EXPRESSIONS)
+    code = torch.as_tensor(np.asarray(expression, dtype=np.float32)).reshape(1, NUM_EXPRESSIONS)
     return code.clamp(0, 1).to(avatar.device)
 
 

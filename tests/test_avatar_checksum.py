@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from flexavatar.camera import Camera
 from flexavatar.errors import InvalidInputError
+from flexavatar.head.blendshapes import NUM_EXPRESSIONS
 from flexavatar.model import load_avatar
 from flexavatar.model.avatar import Avatar
 from flexavatar.model.field import NUM_ATTRIBUTES
@@ -24,7 +25,7 @@ def avatar_path(tmp_path):
         identity=torch.randn(40, generator=gen),
         static_maps=torch.randn(NUM_ATTRIBUTES, 16, 16, generator=gen),
         identity_features=torch.randn(8, 16, 16, generator=gen),
-        source_expression=torch.rand(57, generator=gen),
+        source_expression=torch.rand(NUM_EXPRESSIONS, generator=gen),
         source_camera=Camera(torch.eye(4), K, 256, 256),
         config_name="cpu-s",
         model_id="test",

@@ -9,6 +9,7 @@ import torch
 
 from flexavatar.camera import focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
+from flexavatar.head.blendshapes import NUM_EXPRESSIONS
 from flexavatar.metrics import psnr
 from flexavatar.model import FlexAvatarModel, load_avatar
 from flexavatar.model.field import ATTRIBUTE_SLICES
@@ -28,7 +29,7 @@ def synthetic(untrained_model):
     gen = torch.Generator().manual_seed(1)
     cams = cameras(model, (0, 35))
     identity = torch.randn(model.config.num_identity, generator=gen) * 0.5
-    expressions = torch.zeros(2, 57)
+    expressions = torch.zeros(2, NUM_EXPRESSIONS)
     expressions[1, 26] = 0.3
     with torch.no_grad():
         blank = model.encode(torch.ones(2, 3, S, S), torch.zeros(2, 1, S, S), cams, identity, expressions)
@@ -59,7 +60,7 @@ def test_same_code_path_for_1_2_4_views(untrained_model, synthetic, views):
             synthetic["identity"],
             synthetic["expressions"][index],
         )
-        gaussians = model.deform(avatar, torch.zeros(2, 57))
+        gaussians = model.deform(avatar, torch.zeros(2, NUM_EXPRESSIONS))
     assert gaussians["means"].shape == (2, model.atlas.num_texels, 3)
     for name, tensor in gaussians.items():
         assert torch.isfinite(tensor).all(), name
@@ -87,7 +88,7 @@ def test_jaw_open_opens_the_mouth(untrained_model, synthetic):
             synthetic["images"][:1], synthetic["masks"][:1], synthetic["cameras"][:1], synthetic["identity"],
             synthetic["expressions"][:1],
         )  # fmt: skip
-        closed, opened = torch.zeros(1, 57), torch.zeros(1, 57)
+        closed, opened = torch.zeros(1, NUM_EXPRESSIONS), torch.zeros(1, NUM_EXPRESSIONS)
         opened[0, 26] = 1.0
         cam = synthetic["cameras"][:1]
         rgb_closed, _ = model.render(avatar, cam, closed)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flexavatar.errors import InvalidInputError
-from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES
+from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.rotations import (
     axis_angle_to_matrix,
     matrix_to_axis_angle,
@@ -66,7 +66,7 @@ def talking_track(shared_media):
 def test_detect_astronaut(astronaut, astronaut_detection):
     det = astronaut_detection
     assert det.landmarks.shape == (478, 3) and det.landmarks.dtype == np.float32
-    assert det.blendshapes.shape == (52,) and det.expression.shape == (57,)
+    assert det.blendshapes.shape == (52,) and det.expression.shape == (NUM_EXPRESSIONS,)
     assert det.transform.shape == (4, 4)
     assert det.person_mask.shape == astronaut.shape[:2] and det.person_mask.dtype == np.float32
     assert det.num_faces == 1 and det.warnings == []
@@ -203,7 +203,7 @@ def test_mediapipe_pose_reprojects(astronaut, astronaut_detection):
     assert np.linalg.det(rotation) == pytest.approx(1.0, abs=1e-6)
     # Frontal head: its +z (out of the face) points back at the camera (OpenCV -z), +y is up (-y).
     assert rotation[2, 2] < -0.9 and rotation[1, 1] < -0.9
-    points = model_landmarks(torch.zeros(1), torch.zeros(1, 57))[0].numpy()
+    points = model_landmarks(torch.zeros(1), torch.zeros(1, NUM_EXPRESSIONS))[0].numpy()
     cam = points @ rotation.T + translation
     height, width = astronaut.shape[:2]
     uv = mediapipe_focal_px(height) * cam[:, :2] / cam[:, 2:] + [width / 2, height / 2]
@@ -233,7 +233,7 @@ def test_axis_angle_round_trip_near_pi():
 def test_fit_astronaut(astronaut_fit):
     fit = astronaut_fit
     resolution = fit.resolution
-    assert fit.identity.shape == (32,) and fit.expressions.shape == (1, 57)
+    assert fit.identity.shape == (32,) and fit.expressions.shape == (1, NUM_EXPRESSIONS)
     assert fit.expressions.min() >= 0 and fit.expressions.max() <= 1
     assert float(fit.residual_px[0]) < 0.02 * resolution
     projected = project_landmarks(fit, 0)
@@ -268,7 +268,7 @@ def test_track_talking_video(talking_track):
     assert track.frame_count == 72 and track.num_source_frames == 72 and not track.truncated
     assert track.has_face.all() and track.has_face.shape == (72,)
     for name, shape in (
-        ("expressions", (72, 57)),
+        ("expressions", (72, NUM_EXPRESSIONS)),
         ("rotations", (72, 3)),
         ("translations", (72, 3)),
         ("confidence", (72,)),
@@ -308,7 +308,7 @@ def test_track_face_then_no_face(shared_media):
 def test_track_max_frames(shared_media):
     track = track_video(shared_media / "single_face.mp4", max_frames=10, smoothing=0.0)
     assert track.frame_count == 10 and track.num_source_frames == 72 and track.truncated
-    assert track.expressions.shape == (10, 57)
+    assert track.expressions.shape == (10, NUM_EXPRESSIONS)
 
 
 def test_video_without_face(shared_media):

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from flexavatar.eval.bench import median_ms
-from flexavatar.head import ICTHead, UVAtlas
+from flexavatar.head import NUM_EXPRESSIONS, ICTHead, UVAtlas
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,10 +20,10 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         for batch in (1, 64):
             identity = torch.randn(batch, head.num_identity, generator=gen)
-            expression = torch.rand(batch, 57, generator=gen)
+            expression = torch.rand(batch, NUM_EXPRESSIONS, generator=gen)
             ms = median_ms(lambda i=identity, e=expression: head.vertices(i, e), args.repeats)
             print(f"vertices            B={batch:<3d}  {ms:8.2f} ms")
-        verts = head.vertices(torch.randn(1, head.num_identity, generator=gen), torch.rand(1, 57, generator=gen))
+        verts = head.vertices(torch.randn(1, head.num_identity, generator=gen), torch.rand(1, NUM_EXPRESSIONS, generator=gen))
         for resolution in (128, 256):
             atlas = UVAtlas.for_head(head, resolution)
             ms = median_ms(lambda a=atlas: a.position_map(verts), args.repeats)

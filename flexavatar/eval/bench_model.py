@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from flexavatar.eval.bench import median_ms, peak_rss_mb
+from flexavatar.head.blendshapes import NUM_EXPRESSIONS
 
 MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
 PHOTOS = ["astronaut.png", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "single_face.jpg"]
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         avatar = model.encode(crops, masks, cameras, fit.identity.to(model.device), fit.expressions.to(model.device))
         gen = torch.Generator().manual_seed(0)
-        expressions = (torch.rand(8, 57, generator=gen) * 0.5).to(model.device)
+        expressions = (torch.rand(8, NUM_EXPRESSIONS, generator=gen) * 0.5).to(model.device)
         counter = iter(range(10**9))
 
         def one_frame():

@@ -21,6 +21,7 @@ import torch
 
 from flexavatar.camera import Camera
 from flexavatar.errors import InvalidInputError
+from flexavatar.head.blendshapes import NUM_EXPRESSIONS
 from flexavatar.model.field import NUM_ATTRIBUTES
 
 FORMAT = "flexavatar.avatar"
@@ -199,7 +200,7 @@ def load_avatar(path: str | os.PathLike, expected_shapes: dict[str, tuple[int, .
             raise _bad(path, f"'{name}' has dtype {tensor.dtype} and {tensor.ndim} dims")
         if not torch.isfinite(tensor).all():
             raise _bad(path, f"'{name}' holds non-finite values")
-    if tensors["static_maps"].shape[0] != NUM_ATTRIBUTES or tensors["source_expression"].shape[0] != 57:
+    if tensors["static_maps"].shape[0] != NUM_ATTRIBUTES or tensors["source_expression"].shape[0] != NUM_EXPRESSIONS:
         raise _bad(path, "its attribute maps or expression code have the wrong size")
     if tensors["source_viewmat"].shape != (4, 4) or tensors["source_K"].shape != (3, 3):
         raise _bad(path, "its source camera has the wrong shape")
