@@ -125,7 +125,7 @@ def test_synthetic_generator_is_deterministic(tiny_model, one_photo_bank):
     assert max(facing) > 0 and min(facing) < 0
 
 
-def test_monocular_pairs_yield_class_1(tiny_model):
+def test_monocular_pairs_yield_class_1(tiny_model, shared_media):  # trains on ../shared/media
     pairs = MonocularPairs(tiny_model, num_pairs=2)
     assert len(pairs) == 2
     sample = pairs[0]
@@ -162,7 +162,7 @@ def test_sampler_raises_mass_of_rare_expressions(capsys):
     assert "jawOpen" in table and "eyeBlink_L" in table and "→" in table
 
 
-def test_show_sampler_command(capsys):
+def test_show_sampler_command(capsys, shared_media):  # reads ../shared/media
     assert train_main(["--show-sampler", "--config", "tiny", "--num-pairs", "2"]) == 0
     out = capsys.readouterr().out
     assert "2 monocular training targets" in out and "jawOpen" in out and "adjusted" in out
