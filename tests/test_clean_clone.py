@@ -17,10 +17,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import av
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = ("FLEXAVATAR_ASSETS", "FLEXAVATAR_REPO", "FLEXAVATAR_WEIGHTS", "FLEXAVATAR_MEDIA", "FLEXAVATAR_APP_TMP")
@@ -111,3 +113,35 @@ def _imported_from(clone: Path, env: dict[str, str]) -> str:
 def _frames(path: Path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a GPU whose gsplat kernels do not build; "
+                    "on a real GPU gsplat may build and this says nothing")  # fmt: skip
+def test_app_serves_when_gsplat_kernels_do_not_build(app_url, monkeypatch, tmp_path):
+    """A duplicated GPU Space where gsplat can neither JIT-compile (no nvcc/ninja) nor load a
+    prebuilt wheel: requests still render, with the torch backend, and warn once. The real gsplat
+    is called (CPU tensors routed down the CUDA path), so the failure is gsplat's own."""
+    from gradio_client import Client, handle_file
+
+    from flexavatar.render import rasterizer
+
+    torch_calls = []
+    rasterize_torch = rasterizer.rasterize_torch
+
+    def counting_torch(*args, **kwargs):
+        torch_calls.append(1)
+        return rasterize_torch(*args, **kwargs)
+
+    monkeypatch.setattr(rasterizer, "_is_cuda", lambda tensor: True)
+    monkeypatch.setattr(rasterizer, "_gsplat_unavailable_reason", None)
+    monkeypatch.setattr(rasterizer, "rasterize_torch", counting_torch)
+    client = Client(app_url, verbose=False, download_files=str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        avatar, _ = client.predict(photos=[handle_file(str(REPO / "examples" / "astronaut.png"))],
+                                   refine_seconds=0, api_name="/create_avatar")  # fmt: skip
+        videos = [client.predict(avatar_file=handle_file(avatar), turntable_frames=8, resolution=256,
+                                 api_name="/turntable") for _ in range(2)]  # fmt: skip
+    assert [_frames(Path(v)) for v in videos] == [8, 8]
+    assert rasterizer._gsplat_unavailable_reason is not None and torch_calls
+    assert len([w for w in caught if "falling back to the pure-PyTorch" in str(w.message)]) == 1
