@@ -138,8 +138,8 @@ def test_app_serves_when_gsplat_kernels_do_not_build(app_url, monkeypatch, tmp_p
     client = Client(app_url, verbose=False, download_files=str(tmp_path))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        avatar, _ = client.predict(photos=[handle_file(str(REPO / "examples" / "astronaut.png"))],
-                                   refine_seconds=0, api_name="/create_avatar")  # fmt: skip
+        avatar = client.predict(photos=[handle_file(str(REPO / "examples" / "astronaut.png"))],
+                                refine_seconds=0, api_name="/create_avatar")[0]  # fmt: skip
         videos = [client.predict(avatar_file=handle_file(avatar), turntable_frames=8, resolution=256,
                                  api_name="/turntable") for _ in range(2)]  # fmt: skip
     assert [_frames(Path(v)) for v in videos] == [8, 8]
