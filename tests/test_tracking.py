@@ -8,12 +8,7 @@ import torch
 
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
-from flexavatar.rotations import (
-    axis_angle_to_matrix,
-    matrix_to_axis_angle,
-    rotation_angle_deg,
-    unwrap_rotvecs,
-)
+from flexavatar.rotations import rotation_angle_deg
 from flexavatar.tracking import (
     MIN_FACE_PX,
     crop_head,
@@ -210,21 +205,6 @@ def test_mediapipe_pose_reprojects(astronaut, astronaut_detection):
     face = corr.weights == 1
     error = np.linalg.norm(uv - astronaut_detection.landmarks[:, :2], axis=1)[face].mean()
     assert error < 0.08 * astronaut_detection.face_width
-
-
-def test_axis_angle_round_trip_near_pi():
-    rng = np.random.default_rng(0)
-    axes = rng.normal(size=(50, 3))
-    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
-    angles = np.concatenate([rng.uniform(0, np.pi, 40), np.pi - np.logspace(-7, -2, 10)])
-    rotvecs = axes * angles[:, None]
-    back = axis_angle_to_matrix(matrix_to_axis_angle(axis_angle_to_matrix(rotvecs)))
-    assert rotation_angle_deg(back, axis_angle_to_matrix(rotvecs)).max() < 1e-3
-    # unwrap: a rotation about x crossing pi flips the raw axis-angle; unwrapped it is continuous
-    angles = np.linspace(3.0, 3.3, 20)
-    raw = matrix_to_axis_angle(axis_angle_to_matrix(np.stack([angles, 0 * angles, 0 * angles], 1)))
-    steps = np.linalg.norm(np.diff(unwrap_rotvecs(raw), axis=0), axis=1)
-    assert steps.max() < 0.05
 
 
 # --------------------------------------------------------------------------- fitting
