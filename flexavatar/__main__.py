@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_live)
 
     p = sub.add_parser("bench", help="print speed/memory figures for one part")
-    p.add_argument("topic", choices=["head", "render", "tracking", "model", "pipeline", "live"])
+    p.add_argument("topic", choices=["head", "render", "tracking", "model", "pipeline", "live", "video"])
     p.set_defaults(func=_bench)
     return parser
 

@@ -365,6 +365,8 @@ def reenact(
 ) -> Path:
     """Drive ``avatar`` with the expressions and head motion of a video; returns an mp4 path.
 
+    ``driving_video``: a path or the :class:`~flexavatar.video.VideoInfo` of one (not probed again).
+
     The output keeps the driving video's fps and its audio track (trimmed to the rendered
     length). Videos longer than ``max_seconds`` are cut (said in ``report['warnings']``).
     ``side_by_side`` puts the driving crop left of the avatar. Frames stream from decoder to
@@ -377,10 +379,11 @@ def reenact(
     if int(resolution) not in (256, 512):
         raise InvalidInputError(f"resolution must be 256 or 512, got {resolution}")
     resolution = int(resolution)
-    info = probe_video(driving_video)  # clear errors for missing / empty / broken files
+    # Probed once (clear errors for missing / empty / broken files); the VideoInfo goes on down.
+    info = probe_video(driving_video)
     max_frames = max(1, int(math.floor(max_seconds * info.fps + 1e-6))) if max_seconds else None
     track = track_video(
-        driving_video,
+        info,
         max_frames=max_frames,
         smoothing=smoothing,
         progress=(lambda stage, f: _report(progress, "tracking video", f)) if progress else None,
@@ -393,9 +396,9 @@ def reenact(
     bg = torch.tensor(_background(background), device=model.device)
     total = len(cameras)
     out_path = _out_path(out_path, ".mp4")
-    frames_iter = iter_frames(driving_video, max_frames=total) if side_by_side else None
+    frames_iter = iter_frames(info, max_frames=total) if side_by_side else None
     try:
-        with torch.no_grad(), VideoWriter(out_path, track.fps, audio_from=driving_video) as writer:
+        with torch.no_grad(), VideoWriter(out_path, track.fps, audio_from=info) as writer:
             for start in range(0, total, RENDER_CHUNK):
                 stop = min(total, start + RENDER_CHUNK)
                 rgb, _ = model.render(
@@ -474,7 +477,7 @@ def run(
     model = _as_model(model)
     _image_list(images)  # fail on bad counts before any work
     if driving_video is not None:
-        probe_video(driving_video)  # fail on a broken video before writing anything
+        driving_video = probe_video(driving_video)  # fail on a broken video before any work; probed once
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = report if report is not None else {}

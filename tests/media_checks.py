@@ -1,4 +1,8 @@
-"""Checks on media files shared by the tests: ffmpeg probes, audio length, MP4 box order."""
+"""Checks on media files shared by the tests: ffmpeg probes, audio length, MP4 box order.
+
+They run the standalone ffmpeg program (imageio-ffmpeg's, a test dependency), not the PyAV code
+under test: an independent tool that must agree with what ``flexavatar.video`` wrote.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from flexavatar.video import ffmpeg_exe
+from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe
 
 
 def ffmpeg(*args: str) -> None:

@@ -8,6 +8,7 @@ import torch
 
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
+from flexavatar.images import read_image
 from flexavatar.rotations import rotation_angle_deg
 from flexavatar.tracking import (
     MIN_FACE_PX,
@@ -22,7 +23,6 @@ from flexavatar.tracking import correspondence as correspondence_module
 from flexavatar.tracking.filters import OneEuroFilter, smooth_sequence
 from flexavatar.tracking.pose import mediapipe_focal_px, mediapipe_to_head_pose
 from flexavatar.tracking.video_track import drop_short_runs, fill_gaps
-from flexavatar.video import read_image
 
 JAW, SMILE_L, SMILE_R = (EXPRESSION_INDEX[n] for n in ("jawOpen", "mouthSmile_L", "mouthSmile_R"))
 

@@ -43,7 +43,7 @@ def _child(mode: str, image: Path, video: Path, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from flexavatar.video import ffmpeg_exe, probe_video
+    from flexavatar.video import iter_frames, probe_video, write_mp4
 
     parser = argparse.ArgumentParser(prog="flexavatar bench pipeline")
     parser.add_argument("--media", default=str(MEDIA))
@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> None:
               f"peak RSS {result['peak_rss_mb']:.0f} MiB")  # fmt: skip
         if args.long:
             looped = tmp / "long.mp4"
-            loops = int(args.long / probe_video(video).duration_s) + 1
-            subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-stream_loop", str(loops), "-i", str(video),
-                            "-t", str(args.long), "-c:v", "libx264", "-an", str(looped)], check=True)  # fmt: skip
+            info = probe_video(video)
+            clip = list(iter_frames(info))
+            count = round(args.long * info.fps)
+            write_mp4(looped, (clip[i % len(clip)] for i in range(count)), fps=info.fps)
             for clip in (video, looped):
                 out = tmp / clip.stem
                 out.mkdir()

@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from flexavatar.images import read_image
     from flexavatar.tracking import crop_head, detect, fit, track_video
     from flexavatar.tracking.correspondence import load_correspondence
-    from flexavatar.video import read_image
 
     photos = [read_image(args.media / name) for name in FIT_PHOTOS]
     video = args.media / VIDEO
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     load_correspondence()
     fit.landmark_bases(fit.DEFAULT_NUM_IDENTITY)
     fit.fit_head(photos[:1])  # first torch autograd/Adam call pays a one-time setup cost
-    track_video(video, max_frames=2)  # VIDEO-mode graph, ffmpeg binary lookup
+    track_video(video, max_frames=2)  # VIDEO-mode graph, decoder setup
     load_s = time.perf_counter() - start
     print(f"one-time load (models, correspondence, first calls): {load_s:.2f} s")
 

@@ -229,7 +229,7 @@ def _check_image_array(image: np.ndarray, name: str) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise TypeError(
             f"{name}: expected a uint8 numpy image, got {type(image).__name__} "
-            f"{getattr(image, 'dtype', '')}; use flexavatar.video.read_image for files"
+            f"{getattr(image, 'dtype', '')}; use flexavatar.images.read_image for files"
         )
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)  # grayscale: MediaPipe wants RGB

@@ -188,7 +188,7 @@ def _translation_for_rotation(
 
 
 def _load_images(images, names) -> tuple[list[np.ndarray], list[str]]:
-    from flexavatar.video import read_image
+    from flexavatar.images import read_image
 
     if isinstance(images, (str, os.PathLike, np.ndarray)) or not hasattr(images, "__len__"):
         images = [images]

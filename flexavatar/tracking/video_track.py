@@ -22,7 +22,6 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +39,7 @@ from flexavatar.tracking.detect import (
 )
 from flexavatar.tracking.filters import smooth_sequence
 from flexavatar.tracking.pose import mediapipe_focal_px, mediapipe_to_head_pose
+from flexavatar.video import VideoInfo, iter_frames, probe_video
 
 #: Channel scales before One Euro filtering, so one ``beta`` fits all: 1 unit ~ a full
 #: expression weight, ~11 degrees of rotation, 10 cm of translation, 20% of the crop side.
@@ -132,13 +132,13 @@ def _face_confidence(face_width_px: float, rotation: np.ndarray) -> float:
 
 
 def track_video(
-    path: str | os.PathLike,
+    path: str | os.PathLike | VideoInfo,
     max_frames: int | None = None,
     smoothing: float = 0.5,
     resolution: int = 256,
     progress: Callable[[str, float], None] | None = None,
 ) -> VideoTrack:
-    """Track the face of the video at ``path`` (see the module docstring).
+    """Track the face of the video at ``path``, a file or its :class:`VideoInfo` (see the module docstring).
 
     max_frames: stop after this many frames (``truncated`` says whether it cut).
     smoothing: One Euro strength in [0,1], 0 = off. resolution: kept for API symmetry with
@@ -146,11 +146,9 @@ def track_video(
     progress: ``progress(stage, fraction)`` every few frames.
     Raises :class:`InvalidInputError` for unreadable videos and videos without any face.
     """
-    from flexavatar.video import iter_frames, probe_video
-
     del resolution  # boxes are resolution-independent; the argument documents intent
-    name = Path(path).name
-    info = probe_video(path)
+    info = probe_video(path)  # a VideoInfo is passed through: a request probes its video once
+    name = info.path.name
     num_source = int(info.frame_count)
     expected = num_source if max_frames is None else min(num_source, max_frames)
     fps = float(info.fps) if info.fps and info.fps > 0 else 30.0
@@ -159,7 +157,7 @@ def track_video(
     blendshapes, transforms, landmark_sets, widths, has_face = [], [], [], [], []
     width = height = 0
     last_timestamp = -1
-    with video_landmarker() as landmarker, contextlib.closing(iter_frames(path, max_frames)) as frames:
+    with video_landmarker() as landmarker, contextlib.closing(iter_frames(info, max_frames)) as frames:
         for index, frame in enumerate(frames):
             height, width = frame.shape[:2]
             # VIDEO mode needs strictly increasing timestamps (ms).

@@ -21,10 +21,11 @@ import torch
 
 from flexavatar.assets import cache_dir
 from flexavatar.head.atlas import REGION_INDEX
+from flexavatar.images import read_image
 from flexavatar.model.evidence import uv_evidence
 from flexavatar.tracking.fit import fit_head
 from flexavatar.train import DEFAULT_VIDEO, TEXTURE_PHOTOS, TEXTURE_VIDEO_FRAMES, media_dir
-from flexavatar.video import iter_frames, read_image
+from flexavatar.video import iter_frames
 
 BANK_VERSION = "1"
 HAIR_COLOURS = np.array(
