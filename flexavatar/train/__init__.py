@@ -1,5 +1,12 @@
 """Training: synthetic multi-view data, monocular video pairs, density sampler, losses, trainer.
 
+One idea per module: :mod:`.synthetic` (ICT heads rendered from random cameras, class 0) with
+:mod:`.textures` (the bank of real faces lifted to the atlas, and their augmentation);
+:mod:`.monocular` (tracked frame pairs of real videos, class 1); :mod:`.sampler` (expression
+density adjustment); :mod:`.losses` (regularisers, mouth and head-region maps; the photometric
+loss is :func:`flexavatar.metrics.photometric_loss`); :mod:`.trainer` (the loop) with
+:mod:`.checkpoint` (checkpoints and the model card).
+
 ``python -m flexavatar train --config cpu-s --steps N --out DIR`` (see :mod:`.trainer`);
 ``python -m flexavatar eval`` (see :mod:`flexavatar.eval.evaluate`).
 
