@@ -222,7 +222,7 @@ def problems() -> dict[str, list[str]]:
     return structure_problems(PACKAGE)
 
 
-@pytest.mark.parametrize("kind", ["cycle", "eval", "gradio", "metric"])
+@pytest.mark.parametrize("kind", ["cycle", "eval", "gradio", "metric", "size"])
 def test_package_structure(problems, kind):
     assert not problems[kind], "\n".join(problems[kind])
 
