@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from flexavatar.video import iter_frames, probe_video, write_mp4
+
 MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
 
 _CHILD = r"""
@@ -43,8 +45,6 @@ def _child(mode: str, image: Path, video: Path, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from flexavatar.video import iter_frames, probe_video, write_mp4
-
     parser = argparse.ArgumentParser(prog="flexavatar bench pipeline")
     parser.add_argument("--media", default=str(MEDIA))
     parser.add_argument("--long", type=float, default=0.0, help="also reenact a clip looped to this many seconds")

@@ -13,6 +13,13 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
+from flexavatar.images import read_image
+from flexavatar.tracking import crop_head, detect, fit, track_video
+from flexavatar.tracking.correspondence import load_correspondence
+from flexavatar.video import probe_video
+
 DEFAULT_MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
 FIT_PHOTOS = ("astronaut.png", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "single_face.jpg")
 VIDEO = "single_face.mp4"
@@ -32,13 +39,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--media", type=Path, default=DEFAULT_MEDIA, help="folder with the test media")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv or [])
-
-    import torch
-
-    from flexavatar.images import read_image
-    from flexavatar.tracking import crop_head, detect, fit, track_video
-    from flexavatar.tracking.correspondence import load_correspondence
-
     photos = [read_image(args.media / name) for name in FIT_PHOTOS]
     video = args.media / VIDEO
 
@@ -50,8 +50,6 @@ def main(argv: list[str] | None = None) -> None:
     track_video(video, max_frames=2)  # VIDEO-mode graph, decoder setup
     load_s = time.perf_counter() - start
     print(f"one-time load (models, correspondence, first calls): {load_s:.2f} s")
-
-    from flexavatar.video import probe_video
 
     frames = probe_video(video).frame_count
     track_s = _median_seconds(lambda: track_video(video), args.repeats)

@@ -36,6 +36,7 @@ import torch
 from flexavatar import assets
 from flexavatar.camera import Camera, focal_from_fov
 from flexavatar.head.model import CM_TO_M, load_ict_arrays
+from flexavatar.images import read_image
 from flexavatar.rotations import axis_angle_to_matrix_torch, matrix_to_axis_angle
 from flexavatar.tracking.correspondence import load_correspondence
 from flexavatar.tracking.crop import HeadCrop, crop_head
@@ -188,8 +189,6 @@ def _translation_for_rotation(
 
 
 def _load_images(images, names) -> tuple[list[np.ndarray], list[str]]:
-    from flexavatar.images import read_image
-
     if isinstance(images, (str, os.PathLike, np.ndarray)) or not hasattr(images, "__len__"):
         images = [images]
     images = list(images)
