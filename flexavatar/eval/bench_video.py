@@ -3,25 +3,47 @@
 Uses the real 640x360 clip ``single_face.mp4`` (72 frames at 30 fps, with an audio track):
 probe time, decode fps at the source size, encode fps of 256² and 512² frames (the Space's two
 output sizes, x264 CRF 18 "fast" as the pipeline writes them) and the extra time that muxing the
-clip's audio adds. Figures are medians of ``--repeats`` runs on this machine.
+clip's audio adds. Figures are medians of ``--repeats`` runs after one warm-up: wall time, and
+CPU time of this process and its child processes (steadier than wall time on a busy machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
+import statistics
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from flexavatar.eval.bench import median_ms
 from flexavatar.mux import mux_audio
 from flexavatar.video import iter_frames, probe_video, write_mp4
 
 MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
 
 
-def _seconds(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in seconds, after one warm-up call."""
-    return median_ms(fn, repeats=repeats, warmup=1) / 1000.0
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process, all its threads, and its finished children."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _measure(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(median wall seconds, median CPU seconds) of ``fn()``, after one warm-up call."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), _cpu_s()
+        fn()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(_cpu_s() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _line(label: str, frames: int, wall_s: float, cpu_s: float) -> str:
+    rate = f"{frames / wall_s:7.1f} fps" if frames else " " * 11
+    return f"{label:<22} {rate}   wall {wall_s * 1000:6.0f} ms   CPU {cpu_s * 1000:6.0f} ms"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,29 +56,22 @@ def main(argv: list[str] | None = None) -> None:
     info = probe_video(video)
     print(f"{video.name}: {info.width}x{info.height}, {info.frame_count} frames at {info.fps:.2f} fps, "
           f"{info.codec}, audio={info.has_audio}")  # fmt: skip
-    probe_s = _seconds(lambda: probe_video(video), args.repeats)
-    print(f"probe                 {probe_s * 1000:8.1f} ms")
-    decode_s = _seconds(lambda: sum(1 for _ in iter_frames(video)), args.repeats)
-    print(f"decode {info.width}x{info.height}      {info.frame_count / decode_s:8.1f} fps   "
-          f"({decode_s * 1000:.0f} ms for {info.frame_count} frames)")  # fmt: skip
-
+    print(_line("probe", 0, *_measure(lambda: probe_video(video), args.repeats)))
+    decode = _measure(lambda: sum(1 for _ in iter_frames(video)), args.repeats)
+    print(_line(f"decode {info.width}x{info.height}", info.frame_count, *decode))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for side in (256, 512):
             frames = list(iter_frames(video, size=(side, side)))
             out = tmp / f"enc{side}.mp4"
-            encode_s = _seconds(
+            encode = _measure(
                 lambda frames=frames, out=out: write_mp4(out, frames, fps=info.fps), args.repeats
             )
-            print(f"encode {side}²            {len(frames) / encode_s:8.1f} fps   "
-                  f"({encode_s * 1000:.0f} ms for {len(frames)} frames)")  # fmt: skip
-            with_audio = tmp / f"enc{side}_audio.mp4"
-            both_s = _seconds(
-                lambda frames=frames, out=with_audio: write_mp4(out, frames, fps=info.fps, audio_from=video),
+            print(_line(f"encode {side}²", len(frames), *encode))
+            both = _measure(
+                lambda frames=frames: write_mp4(tmp / "audio.mp4", frames, fps=info.fps, audio_from=video),
                 args.repeats,
             )
-            print(f"encode {side}² + audio    {len(frames) / both_s:8.1f} fps   "
-                  f"({both_s * 1000:.0f} ms; audio adds {(both_s - encode_s) * 1000:.0f} ms)")  # fmt: skip
-        muxed = tmp / "muxed.mp4"
-        mux_s = _seconds(lambda: mux_audio(tmp / "enc256.mp4", video, muxed), args.repeats)
-        print(f"mux_audio (256²)      {mux_s * 1000:8.1f} ms")
+            print(_line(f"encode {side}² + audio", len(frames), *both))
+        mux = _measure(lambda: mux_audio(tmp / "enc256.mp4", video, tmp / "muxed.mp4"), args.repeats)
+        print(_line("mux_audio (256²)", 0, *mux))
