@@ -83,7 +83,9 @@ def resolve(name: str, folder: str | os.PathLike | None = None, repo_id: str | N
     for path in _candidates(SHIPPED_WEIGHTS, name):
         if path.is_file():
             if repo:
-                warnings.warn(f"'{name}' not taken from Hub repo '{repo}' ({found}); using {path}", stacklevel=2)
+                warnings.warn(
+                    f"'{name}' not taken from Hub repo '{repo}' ({found}); using {path}", stacklevel=2
+                )
             return path
         looked.append(f"{path} (shipped with the repository)")
     raise AssetNotFoundError(

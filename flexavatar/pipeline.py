@@ -98,7 +98,7 @@ def create_avatar(
     import time
 
     from flexavatar.refine import refine
-    from flexavatar.tracking import fit_head
+    from flexavatar.tracking import different_people_warnings, fit_head
 
     model = _as_model(model)
     images = _image_list(images)
@@ -106,6 +106,7 @@ def create_avatar(
     start = time.perf_counter()
     _report(progress, "tracking", 0.0)
     fit = fit_head(images, resolution=model.config.crop_size, num_identity=model.config.num_identity)
+    fit_warnings = list(fit.warnings) + different_people_warnings(fit)
     timings["tracking_s"] = time.perf_counter() - start
     _report(progress, "tracking", 1.0)
     device = model.device
@@ -127,7 +128,7 @@ def create_avatar(
         timings["refine_s"] = refined.seconds
     if report is not None:
         report.update(
-            warnings=list(fit.warnings),
+            warnings=fit_warnings,
             residual_px=[float(r) for r in fit.residual_px],
             timings=timings,
             num_images=len(images),

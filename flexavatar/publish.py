@@ -64,7 +64,9 @@ def plan_publish(repo_id: str, folder: str | os.PathLike | None = None) -> Publi
             f"{folder} lacks {', '.join(missing)}; publish a folder laid out like the shipped "
             f"weights/ (copy the missing files from {SHIPPED_WEIGHTS})."
         )
-    return PublishPlan(repo_id, folder, list(REQUIRED_FILES), [(folder / n).stat().st_size for n in REQUIRED_FILES])
+    return PublishPlan(
+        repo_id, folder, list(REQUIRED_FILES), [(folder / n).stat().st_size for n in REQUIRED_FILES]
+    )
 
 
 def publish(plan: PublishPlan, private: bool = False) -> str:

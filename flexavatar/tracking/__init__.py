@@ -7,6 +7,7 @@ Plain functions on plain data (uint8 HWC RGB images, numpy / torch arrays):
   MediaPipe transform, person mask)
 * :func:`crop_head` -> :class:`HeadCrop` (square head crop, mask, landmarks in crop pixels)
 * :func:`fit_head` -> :class:`HeadFit` (shared ICT identity, per-image expression + camera)
+* :func:`different_people_warnings` -> messages when 2-4 photos seem to show different people
 * :func:`track_video` -> :class:`VideoTrack` (per-frame expression, head pose, crop box)
 * :func:`load_correspondence` -> :class:`LandmarkCorrespondence` (MediaPipe -> ICT surface)
 
@@ -27,6 +28,7 @@ from flexavatar.tracking.crop import (
 from flexavatar.tracking.detect import MIN_FACE_PX, FaceDetection, close_models, detect_face
 from flexavatar.tracking.filters import OneEuroFilter, smooth_sequence
 from flexavatar.tracking.fit import DEFAULT_NUM_IDENTITY, HeadFit, fit_crops, fit_head, project_landmarks
+from flexavatar.tracking.identity import different_people_warnings
 from flexavatar.tracking.pose import mediapipe_focal_px, mediapipe_to_head_pose
 from flexavatar.tracking.video_track import VideoTrack, track_video
 
@@ -46,6 +48,7 @@ __all__ = [
     "crop_boxes_from_landmarks",
     "crop_head",
     "detect_face",
+    "different_people_warnings",
     "fit_crops",
     "fit_head",
     "load_correspondence",
