@@ -63,14 +63,15 @@ def build_play_tabs(model: FlexAvatarModel, made_avatar: gr.File, example_photo:
             return str(pipeline.turntable(avatar, out_path=out / "blend.mp4", model=model, **options.step_kwargs("turntable")))
 
     gr.Markdown(HELP)
-    avatar = gr.File(label="Avatar (.avatar; empty = the example)", file_types=[".avatar"], elem_id="play-avatar")
+    avatar = gr.File(label="Avatar (.avatar; empty = the example)", file_types=[".avatar"], height=120,
+                     elem_id="play-avatar")
     made_avatar.change(lambda path: path, made_avatar, avatar, **PRIVATE)
     with gr.Tabs():
         with gr.Tab("Live", elem_id="live-tab"):
             with gr.Row():
-                camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Your camera",
+                camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Your camera", height=320,
                                   elem_id="live-camera")  # fmt: skip
-                shown = gr.Image(label="Your avatar", format="jpeg", interactive=False, elem_id="live-avatar")
+                shown = gr.Image(label="Your avatar", format="jpeg", interactive=False, height=320, elem_id="live-avatar")
             with gr.Row():
                 reset = gr.Button("Reset neutral", elem_id="live-reset")
                 stats = gr.Markdown(elem_id="live-stats")

@@ -86,12 +86,12 @@ def live_frame(model: FlexAvatarModel, frame, avatar_file, state: LiveState | No
 
 
 def live_stats(state: LiveState) -> str:
-    """The viewer's figures: frame rate, processing latency, drops, time left."""
+    """The viewer's figures: frame rate, processing time per frame, frames shown, time left."""
     stats = state.session.stats()
     device = "GPU" if state.session.model.device.type == "cuda" else f"{os.cpu_count()} CPU cores"
     left = max(0.0, state.deadline - time.monotonic())
     return (f"**{stats['fps']:.1f} frames/s** on {device} · tracking + rendering {stats['latency_ms']:.0f} ms per "
-            f"frame · {stats['frames']} frames shown, {stats['dropped']} dropped · {left:.0f} s left")  # fmt: skip
+            f"frame · {stats['frames']} frames shown · {left:.0f} s left")  # fmt: skip
 
 
 def reset_neutral(state: LiveState | None) -> None:

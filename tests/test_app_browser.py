@@ -28,8 +28,9 @@ return v ? {ready: v.readyState, width: v.videoWidth, duration: v.duration, src:
 """
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def start_chromium(profile_dir, *extra_flags: str):
+    """Headless Chromium under Selenium with its own profile; skips the test when Chromium,
+    chromedriver or selenium are missing. The caller quits it."""
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
         pytest.skip(
             f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium chromium-driver"
@@ -52,11 +53,18 @@ def browser(tmp_path_factory):
         "--disable-sync",
         "--autoplay-policy=no-user-gesture-required",
         "--window-size=1400,1500",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        f"--user-data-dir={profile_dir}",
+        *extra_flags,
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()
 
