@@ -21,7 +21,7 @@ from flexavatar.camera import Camera, focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
-from flexavatar.options import DEFAULTS, RequestOptions
+from flexavatar.options import DEFAULTS, RESOLUTIONS, RequestOptions
 
 Progress = Callable[[str, float], None]
 
@@ -184,6 +184,12 @@ def turntable_cameras(model: FlexAvatarModel, frames: int, elevation_deg: float,
     ]
 
 
+def _check_resolution(resolution) -> int:
+    if int(resolution) not in RESOLUTIONS:
+        raise InvalidInputError(f"resolution must be one of {', '.join(map(str, RESOLUTIONS))}, got {resolution}")
+    return int(resolution)
+
+
 def turntable(
     avatar: Avatar,
     frames: int = DEFAULTS.turntable_frames,
@@ -200,31 +206,26 @@ def turntable(
 
     expression: [57] ICT weights (default: the expression of the first input photo, which its
     colours were lifted with). Frame i is at azimuth 360·i/frames, so the frame after the last
-    is the first again. Returns the mp4 path.
+    is the first again. The avatar is deformed once; the cameras render in chunks of
+    :data:`RENDER_CHUNK` through ``model.render_gaussians``. Returns the mp4 path.
     """
-    from flexavatar.render import rasterize
     from flexavatar.video import VideoWriter
 
     model = _as_model(model)
     if not 1 <= int(frames) <= 1440:
         raise InvalidInputError(f"turntable frames must be between 1 and 1440, got {frames}")
-    if int(resolution) not in (256, 512):
-        raise InvalidInputError(f"resolution must be 256 or 512, got {resolution}")
-    frames, resolution = int(frames), int(resolution)
+    frames, resolution = int(frames), _check_resolution(resolution)
     avatar = avatar.to(model.device)
     code = _expression_code(avatar, expression)
-    bg = torch.tensor(_background(background), device=model.device)
+    bg = _background(background)
     cameras = turntable_cameras(model, frames, elevation_deg, resolution)
     out_path = _out_path(out_path, ".mp4")
     with torch.no_grad():
-        gaussians = {k: v[0] for k, v in model.deform(avatar, code.to(model.device)).items()}
+        gaussians = model.deform(avatar, code)
         with VideoWriter(out_path, fps) as writer:
             for start in range(0, frames, RENDER_CHUNK):
                 chunk = cameras[start : start + RENDER_CHUNK]
-                viewmats = torch.stack([c.viewmat for c in chunk]).to(model.device)
-                Ks = torch.stack([c.K for c in chunk]).to(model.device)
-                rgb, _, _ = rasterize(**gaussians, viewmats=viewmats, Ks=Ks, width=resolution, height=resolution,
-                                      background=bg)  # fmt: skip
+                rgb, _ = model.render_gaussians(gaussians, chunk, background=bg)
                 for frame in _to_uint8(rgb):
                     writer.write(frame)
                 _report(progress, "turntable", (start + len(chunk)) / frames)
@@ -295,6 +296,15 @@ def blend_avatars(first: Avatar, second: Avatar, t: float) -> Avatar:
             f"the two avatars were made by different networks ({first.config_name!r}, {second.config_name!r}) "
             "and cannot be blended; create both with the same FlexAvatar version"
         ) from None
+
+
+def preview_image(
+    avatar: Avatar, resolution: int = 256, background=DEFAULTS.background, model: FlexAvatarModel | None = None
+) -> np.ndarray:
+    """The first turntable frame of ``avatar`` (front view, the source photo's expression, the
+    turntable's camera and elevation): uint8 [S,S,3], S = resolution (256 or 512)."""
+    return render_still(avatar, pitch_deg=-DEFAULTS.elevation_deg, resolution=_check_resolution(resolution),
+                        background=background, model=model)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- reenact
@@ -377,9 +387,7 @@ def reenact(
     from flexavatar.video import VideoWriter, iter_frames, probe_video
 
     model = _as_model(model)
-    if int(resolution) not in (256, 512):
-        raise InvalidInputError(f"resolution must be 256 or 512, got {resolution}")
-    resolution = int(resolution)
+    resolution = _check_resolution(resolution)
     # Probed once (clear errors for missing / empty / broken files); the VideoInfo goes on down.
     info = probe_video(driving_video)
     max_frames = max(1, int(math.floor(max_seconds * info.fps + 1e-6))) if max_seconds else None
@@ -394,7 +402,7 @@ def reenact(
     head_centre = model.head.head_centre().double().cpu().numpy()
     cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution)
     expressions = torch.from_numpy(driving_expressions(avatar, track.expressions, relative))
-    bg = torch.tensor(_background(background), device=model.device)
+    bg = _background(background)
     total = len(cameras)
     out_path = _out_path(out_path, ".mp4")
     frames_iter = iter_frames(info, max_frames=total) if side_by_side else None
@@ -434,7 +442,9 @@ def export_ply(
     axes="viewer" (default): centred on the head, +y down and +z away from the viewer — the
     axes of COLMAP-made 3DGS scenes that splat viewers (SuperSplat, gsplat.js, Gradio's
     Model3D) assume, so the head opens upright and facing you. axes="head": canonical head
-    space (+y up, +z out of the face). ``scale`` multiplies positions and sizes (metres at 1).
+    space (+y up, +z out of the face). ``scale`` multiplies positions and sizes (metres at 1;
+    the Space's in-page viewer copy uses ``flexavatar.space.VIEWER_SCALE``: this is the one
+    place any scale is applied).
     """
     from flexavatar.export import save_ply
 

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from flexavatar import pipeline
@@ -183,11 +182,8 @@ class Generated:
 
 
 def save_preview(model: FlexAvatarModel, avatar, path: Path) -> Path:
-    """A cheap PNG preview: the first frame of the turntable (front view, neutral expression)."""
-    camera = pipeline.turntable_cameras(model, 1, 10.0, PREVIEW_RESOLUTION)
-    with torch.no_grad():
-        rgb, _ = model.render(avatar.to(model.device), camera, torch.zeros(1, 57, device=model.device))
-    Image.fromarray((rgb[0].clamp(0, 1) * 255 + 0.5).byte().cpu().numpy()).save(path)
+    """A cheap PNG preview: the first frame of the turntable (``pipeline.preview_image``)."""
+    Image.fromarray(pipeline.preview_image(avatar, PREVIEW_RESOLUTION, model=model)).save(path)
     return path
 
 

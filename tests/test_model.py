@@ -250,3 +250,74 @@ def test_refinement_raises_input_view_psnr(untrained_model, astronaut):
         rgb, _ = untrained_model.render(result.avatar, fit.cameras, fit.expressions)
         _, alpha = untrained_model.render(avatar, fit.cameras, fit.expressions)
     assert psnr(rgb, crops.permute(0, 2, 3, 1), alpha[..., 0] > 0.5) == pytest.approx(result.psnr_after, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------ one render path
+def small_cameras(model, azimuths, size=64):
+    centre = model.head.head_centre()
+    return [orbit_camera(a, 5, 0.7, centre, focal_from_fov(22, size), size, size) for a in azimuths]
+
+
+@pytest.fixture(scope="module")
+def synthetic_avatar(untrained_model, synthetic):
+    with torch.no_grad():
+        return untrained_model.encode(
+            synthetic["images"], synthetic["masks"], synthetic["cameras"], synthetic["identity"], synthetic["expressions"]
+        )
+
+
+def test_render_pairs_expressions_and_cameras_in_one_rasterize_call(untrained_model, synthetic_avatar, monkeypatch):
+    """B == C (reenactment), B == 1 (turntable, preview), C == 1: one rasterize call each, and
+    every frame as it renders alone."""
+    import flexavatar.model.network as network
+
+    model, avatar = untrained_model, synthetic_avatar
+    cams = small_cameras(model, (0, 35, -40))
+    expressions = torch.zeros(3, 57)
+    expressions[1, 26] = 0.8  # jaw open
+    expressions[2, 20] = 0.7
+    calls = []
+
+    def counting_rasterize(*args, **kwargs):
+        calls.append(1)
+        return rasterize(*args, **kwargs)
+
+    rasterize = network.rasterize
+    with torch.no_grad():
+        monkeypatch.setattr(network, "rasterize", counting_rasterize)
+        paired, paired_alpha = model.render(avatar, cams, expressions)
+        one_expression, _ = model.render(avatar, cams, expressions[1:2])
+        one_camera, _ = model.render(avatar, cams[:1], expressions)
+        assert len(calls) == 3 and paired.shape == (3, 64, 64, 3) and paired_alpha.shape == (3, 64, 64, 1)
+        assert one_expression.shape == one_camera.shape == (3, 64, 64, 3)
+        for f in range(3):
+            alone = model.render(avatar, cams[f : f + 1], expressions[f : f + 1])[0][0]
+            assert (paired[f] - alone).abs().max() < 1e-3, f
+            alone = model.render(avatar, cams[f : f + 1], expressions[1:2])[0][0]
+            assert (one_expression[f] - alone).abs().max() < 1e-3, f
+            alone = model.render(avatar, cams[:1], expressions[f : f + 1])[0][0]
+            assert (one_camera[f] - alone).abs().max() < 1e-3, f
+        assert (one_camera[1] - one_camera[0]).abs().mean() > 1e-3  # the expressions really differ
+        with pytest.raises(ValueError, match="3 expressions"):
+            model.render(avatar, cams[:2], expressions)
+        with pytest.raises(ValueError, match="image size"):
+            model.render(avatar, [cams[0], small_cameras(model, (10,), size=32)[0]], expressions[:1])
+
+
+def test_preview_is_the_first_turntable_frame(untrained_model, synthetic_avatar, tmp_path):
+    import numpy as np
+
+    from flexavatar import pipeline
+    from flexavatar.video import iter_frames
+
+    preview = pipeline.preview_image(synthetic_avatar, 256, model=untrained_model)
+    assert preview.dtype == np.uint8 and preview.shape == (256, 256, 3)
+    assert (preview < 250).any(axis=-1).mean() > 0.1  # the head, not just the white background
+    video = pipeline.turntable(synthetic_avatar, frames=4, resolution=256, out_path=tmp_path / "spin.mp4",
+                               model=untrained_model)  # fmt: skip
+    frames = [frame.astype(np.float32) for frame in iter_frames(video)]
+    same = np.abs(frames[0] - preview).mean()  # H.264 loss only
+    side = np.abs(frames[1] - preview).mean()  # 90° later
+    assert same < 2.0 and side > 5 * same, (same, side)
+    with pytest.raises(InvalidInputError, match="resolution"):
+        pipeline.preview_image(synthetic_avatar, 100, model=untrained_model)

@@ -87,3 +87,27 @@ def test_rejects_non_gaussian_ply(tmp_path):
     ascii_ply.write_text("ply\nformat ascii 1.0\nelement vertex 0\nend_header\n")
     with pytest.raises(ValueError, match="binary_little_endian"):
         load_ply(ascii_ply)
+
+
+def test_export_ply_applies_the_viewer_scale(untrained_model, tmp_path):
+    """pipeline.export_ply(scale=space.VIEWER_SCALE) is the in-page viewer's copy: positions and sizes scaled,
+    nothing else changed, and the head spans a couple of units around the origin (the in-page
+    viewer orbits the origin from 5 units away)."""
+    from flexavatar import pipeline
+    from flexavatar.camera import focal_from_fov, orbit_camera
+    from flexavatar.space import VIEWER_SCALE
+
+    model = untrained_model
+    size = model.config.crop_size
+    camera = orbit_camera(0, 0, 0.7, model.head.head_centre(), focal_from_fov(22, size), size, size)
+    with torch.no_grad():
+        avatar = model.encode(torch.full((1, 3, size, size), 0.6), torch.ones(1, 1, size, size), [camera],
+                              torch.zeros(model.config.num_identity), torch.zeros(1, 57))  # fmt: skip
+    plain = load_ply(pipeline.export_ply(avatar, tmp_path / "plain.ply", model=model))
+    viewer = load_ply(pipeline.export_ply(avatar, tmp_path / "viewer.ply", model=model, scale=VIEWER_SCALE))
+    assert torch.allclose(viewer[0], plain[0] * VIEWER_SCALE, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(viewer[2], plain[2] * VIEWER_SCALE, rtol=1e-5)
+    for got, want in zip(viewer[1:2] + viewer[3:], plain[1:2] + plain[3:], strict=True):
+        assert torch.equal(got, want)
+    extent = viewer[0].max(0).values - viewer[0].min(0).values
+    assert viewer[0].mean(0).abs().max() < 0.5 and 0.8 < extent.max() < 3.0, extent

@@ -152,7 +152,7 @@ def _naive(scene, viewmats, Ks, size: int, backward: bool, rows) -> Callable[[],
 
 def stage_breakdown(n: int = 10_000, size: int = 256, repeats: int = 7) -> list[tuple[str, float]]:
     """Median ms of each stage of the numba backend (forward and backward)."""
-    from flexavatar.render.numba_backend import _CompositeNumba, bin_gaussians_to_tiles_numba
+    from flexavatar.render.numba_backend import bin_gaussians_to_tiles_numba, composite_tiles_numba
     from flexavatar.render.projection import project_gaussians
 
     scene = head_scene(n)
@@ -169,7 +169,7 @@ def stage_breakdown(n: int = 10_000, size: int = 256, repeats: int = 7) -> list[
     def composite():
         p = state["p"]
         features = torch.cat([colors, p.depths[0, :, None]], dim=-1)
-        state["out"] = _CompositeNumba.apply(
+        state["out"] = composite_tiles_numba(
             p.means2d[0], p.conics[0], opacities, features, state["b"], 1, size, size
         )
 
@@ -184,6 +184,28 @@ def stage_breakdown(n: int = 10_000, size: int = 256, repeats: int = 7) -> list[
     rows.append(("project+composite fwd+bwd", _time_ms(backward, repeats)))
     rows.append(("(tile, Gaussian) pairs, 16 px", float(state["b"].pair_gaussian.numel())))
     return rows
+
+
+def frame_batch_comparison(backend: str, n: int = 10_000, size: int = 256, frames: int = 8, repeats: int = 5):
+    """ms/frame for ``frames`` per-frame Gaussian sets [F,N,...] (as a reenactment renders them)
+    rendered in one rasterize call, and one call per frame; forward only."""
+    from flexavatar.render import rasterize
+
+    scenes = [head_scene(n, seed) for seed in range(frames)]
+    batch = [torch.stack(parts) for parts in zip(*scenes, strict=True)]  # [F,N,...] each
+    cameras = [orbit_camera(20.0 + 5 * f, 5.0, 0.7, (0.0, 0.0, 0.0), focal_from_fov(25.0, size), size, size)
+               for f in range(frames)]  # fmt: skip
+    viewmats, Ks = stack_cameras(cameras)
+
+    def one_call():
+        rasterize(*batch, viewmats, Ks, size, size, backend=backend)
+
+    def per_frame():
+        for f in range(frames):
+            rasterize(*scenes[f], viewmats[f : f + 1], Ks[f : f + 1], size, size, backend=backend)
+
+    with torch.no_grad():
+        return _time_ms(one_call, repeats) / frames, _time_ms(per_frame, repeats) / frames
 
 
 # Gaussian-pixel pairs the naive baseline is timed on per case (about a second or two).
@@ -279,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
             line += "".join(f"{naive_ms / ours[b]:>11.0f}x" if naive_ms else f"{'-':>12}" for b in backends)
             print(line, flush=True)
     if "numba" in backends:
+        batched_ms, looped_ms = frame_batch_comparison("numba", repeats=args.repeats)
+        print(f"\n8 frames of 10k per-frame Gaussians @ 256², numba fwd: {batched_ms:.1f} ms/frame in one "
+              f"rasterize call, {looped_ms:.1f} ms/frame one call per frame")  # fmt: skip
         print("\nstage breakdown, numba backend, 10k @ 256² (median ms):")
         for name, value in stage_breakdown(repeats=args.repeats):
             print(f"  {name:<28}{value:>10.1f}")

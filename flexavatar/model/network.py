@@ -17,6 +17,7 @@ from flexavatar.model.config import FlexAvatarConfig
 from flexavatar.model.evidence import uv_evidence
 from flexavatar.model.field import ATTRIBUTE_SLICES, NUM_ATTRIBUTES, gaussians_from_attributes, texel_spacing
 from flexavatar.model.modules import Deformer, HeadQueries, ImageEncoder
+from flexavatar.render import rasterize
 
 
 class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
@@ -202,33 +203,49 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         data_source: int = 0,
         dynamic: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Render frame b with expressions[b] from cameras[b]: rgb [B,H,W,3], alpha [B,H,W,1].
+        """Render ``avatar`` under expressions [B,57] from C cameras: rgb [F,H,W,3], alpha [F,H,W,1].
 
-        All cameras share one image size. Differentiable w.r.t. the avatar's tensors and the
-        network. ``data_source`` is the bias sink (training only; 0 at inference); ``dynamic`` as
-        in :meth:`deform`.
+        B == C: frame f is expression f seen by camera f (reenactment, training, refinement).
+        B == 1: the one expression from every camera (turntable, preview), deformed once.
+        C == 1: every expression from the one camera. F = max(B, C). Every frame goes to the
+        rasterizer in one call. Differentiable w.r.t. the avatar's tensors and the network.
+        ``data_source`` is the bias sink (training only; 0 at inference); ``dynamic`` as in
+        :meth:`deform`.
         """
-        from flexavatar.render import rasterize
-
         gaussians = self.deform(avatar, expressions, data_source, dynamic)
+        return self.render_gaussians(gaussians, cameras, background, backend)
+
+    def render_gaussians(
+        self,
+        gaussians: dict[str, torch.Tensor],
+        cameras: list[Camera],
+        background=(1.0, 1.0, 1.0),
+        backend: str = "auto",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Render :meth:`deform`'s B Gaussian sets from C cameras in one rasterizer call.
+
+        Pairing as in :meth:`render` (B == C, B == 1 or C == 1); all cameras share one image
+        size. A turntable deforms once and renders its cameras in chunks through this.
+        Returns rgb [F,H,W,3] (background composited) and alpha [F,H,W,1], F = max(B, C).
+        """
+        num_sets, num_cameras = gaussians["means"].shape[0], len(cameras)
+        sizes = {(c.width, c.height) for c in cameras}
+        if len(sizes) != 1:
+            raise ValueError(f"render: all cameras must share one image size, got {sorted(sizes)}")
+        (width, height), = sizes
         viewmats, Ks = stack_cameras(cameras)
         viewmats, Ks = viewmats.to(self.device), Ks.to(self.device)
-        bg = torch.as_tensor(background, dtype=torch.float32, device=self.device)
-        rgbs, alphas = [], []
-        for b in range(expressions.shape[0]):  # one Gaussian set per expression
-            rgb, alpha, _ = rasterize(
-                gaussians["means"][b],
-                gaussians["quats"][b],
-                gaussians["scales"][b],
-                gaussians["opacities"][b],
-                gaussians["colors"][b],
-                viewmats[b : b + 1],
-                Ks[b : b + 1],
-                cameras[b].width,
-                cameras[b].height,
-                background=bg,
-                backend=backend,
+        if num_sets == 1:  # one set seen by every camera
+            gaussians = {name: tensor[0] for name, tensor in gaussians.items()}
+        elif num_cameras == 1:  # one camera for every set
+            viewmats, Ks = viewmats.expand(num_sets, 4, 4), Ks.expand(num_sets, 3, 3)
+        elif num_sets != num_cameras:
+            raise ValueError(
+                f"render: {num_sets} expressions (Gaussian sets) and {num_cameras} cameras; give as many of "
+                "each, or one expression (seen by every camera), or one camera (for every expression)"
             )
-            rgbs.append(rgb[0])
-            alphas.append(alpha[0])
-        return torch.stack(rgbs), torch.stack(alphas)
+        bg = torch.as_tensor(background, dtype=torch.float32, device=self.device)
+        rgb, alpha, _ = rasterize(
+            **gaussians, viewmats=viewmats, Ks=Ks, width=width, height=height, background=bg, backend=backend
+        )
+        return rgb, alpha

@@ -18,15 +18,21 @@ def rasterize_gsplat(
     near_plane: float,
     far_plane: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Render with gsplat's CUDA kernels: (features [C,H,W,3], alpha [C,H,W,1], depth [C,H,W,1]).
+    """Render with gsplat's CUDA kernels: (rgb [C,H,W,3], alpha [C,H,W,1], depth [C,H,W,1]).
 
-    No background here (the caller composites it). ``colors`` is [N,3] RGB or [N,K,3] SH of
-    which only degree 0 is used. Depth is "D" mode: sum_i w_i z_i, not divided by alpha.
-    Raises whatever gsplat raises when its CUDA extension cannot be built or loaded.
+    Layouts as :func:`~.rasterizer.rasterize`: one set [N,...] seen by the C cameras, or one
+    set per camera [C,N,...], which goes in as gsplat 1.5's batch dimension (set c with the
+    one camera viewmats[c]: [C,1,4,4]). No background here (the caller composites it).
+    ``colors`` is RGB or SH of which only degree 0 is used. Depth is "D" mode: sum_i w_i z_i,
+    not divided by alpha. Raises whatever gsplat raises when its CUDA extension cannot be
+    built or loaded.
     """
     import gsplat  # imported lazily: the CPU path must not need it
 
-    sh_degree = 0 if colors.dim() == 3 else None
+    per_camera = means.dim() == 3
+    sh_degree = 0 if colors.dim() == means.dim() + 1 else None
+    if per_camera:
+        viewmats, Ks = viewmats[:, None], Ks[:, None]
     render, alpha, _meta = gsplat.rasterization(
         means=means,
         quats=quats,
@@ -46,4 +52,6 @@ def rasterize_gsplat(
         render_mode="RGB+D",
         rasterize_mode="classic",
     )
+    if per_camera:  # [C,1,H,W,X] -> [C,H,W,X]
+        render, alpha = render[:, 0], alpha[:, 0]
     return render[..., :3], alpha, render[..., 3:4]

@@ -1,8 +1,8 @@
-"""CPU backend with a compiled compositing kernel (numba), same math and API as the torch backend.
+"""CPU backend with a compiled binning and compositing kernel (numba), same math as the torch one.
 
-Projection is the vectorised PyTorch code of :mod:`.projection` (autograd carries its
-gradients). Tile binning (a counting sort) and the per-pixel compositing run in
-:mod:`.numba_kernels`; the compositing is wrapped in an ``autograd.Function`` with a hand-written
+:func:`~.rasterizer.rasterize` projects with the vectorised PyTorch code of :mod:`.projection`
+(autograd carries its gradients) and calls the two steps here. Tile binning (a counting sort)
+and the per-pixel compositing run in :mod:`.numba_kernels`; the compositing is wrapped in an ``autograd.Function`` with a hand-written
 backward (gsplat's backward, race-free because every (tile, Gaussian) pair gets its own gradient
 row). Tiles are split over ``torch.get_num_threads()`` Python threads (the kernels release the
 GIL). Needs numba and CPU tensors; float32 or float64 (half types are rendered in float32).
@@ -22,8 +22,6 @@ from .projection import (
     TRANSMITTANCE_STOP,
     Projected,
     TileBins,
-    project_gaussians,
-    sh_dc_to_rgb,
     tile_ranges,
 )
 
@@ -159,47 +157,25 @@ class _CompositeNumba(torch.autograd.Function):
         return v_gauss[:, 0:2], v_gauss[:, 2:5], v_gauss[:, 5], v_gauss[:, 6:], None, None, None, None
 
 
-def rasterize_numba(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
+def composite_tiles_numba(
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
     opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
+    features: torch.Tensor,
+    bins: TileBins,
+    num_cameras: int,
     width: int,
     height: int,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    tile_size: int = 16,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Compiled-CPU render without background: (rgb [C,H,W,3], alpha [C,H,W,1], depth [C,H,W,1]).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Front-to-back alpha compositing by the compiled kernels, differentiable.
 
-    Inputs as :func:`flexavatar.render.rasterize`; CPU float32 or float64 tensors.
+    Same contract as :func:`~.torch_backend.composite_tiles_torch`: means2d [G,2] px, conics
+    [G,3] 1/px², opacities [G], features [G,4] (RGB + depth), indexed by the flat Gaussian ids
+    of ``bins`` (G = C*N); CPU float32 or float64 tensors. Returns accumulated features
+    [C,H,W,4] (no background) and alpha [C,H,W,1].
     """
-    if means.device.type != "cpu":
-        raise ValueError(f"the numba backend needs CPU tensors, got {means.device}")
+    if means2d.device.type != "cpu":
+        raise ValueError(f"the numba backend needs CPU tensors, got {means2d.device}")
     if not numba_available():
         raise ImportError("backend='numba' needs numba (pip install numba); backend='torch' works without it")
-    if means.dtype not in (torch.float32, torch.float64):  # half types: render in float32
-        means, quats, scales, opacities, colors, viewmats, Ks = (
-            t.float() for t in (means, quats, scales, opacities, colors, viewmats, Ks)
-        )
-    rgb = sh_dc_to_rgb(colors)
-    projected = project_gaussians(
-        means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane
-    )
-    bins = bin_gaussians_to_tiles_numba(projected, width, height, tile_size)
-    C, N = projected.depths.shape
-    features = torch.cat([rgb.expand(C, N, rgb.shape[-1]), projected.depths[..., None]], dim=-1)
-    feat, alpha = _CompositeNumba.apply(
-        projected.means2d.reshape(C * N, 2),
-        projected.conics.reshape(C * N, 3),
-        opacities.expand(C, N).reshape(C * N),
-        features.reshape(C * N, features.shape[-1]),
-        bins,
-        C,
-        width,
-        height,
-    )
-    return feat[..., :-1], alpha, feat[..., -1:]
+    return _CompositeNumba.apply(means2d, conics, opacities, features, bins, num_cameras, width, height)

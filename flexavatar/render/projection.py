@@ -35,19 +35,17 @@ MAX_EXTENT_SIGMA = 3.33  # gsplat's cap on the extent in standard deviations
 SH_C0 = 0.28209479177387814  # degree-0 real spherical harmonic
 
 
-def sh_dc_to_rgb(colors: torch.Tensor) -> torch.Tensor:
-    """Colours [N,3] from colours [N,3] or SH coefficients [N,K,3].
+def sh_dc_to_rgb(sh: torch.Tensor) -> torch.Tensor:
+    """Colours [...,3] from SH coefficients [...,K,3].
 
-    Only degree 0 (the DC term) of SH input is used: rgb = max(SH_C0 * dc + 0.5, 0), exactly
-    what gsplat computes for ``sh_degree=0``. View-dependent terms are ignored.
+    Only degree 0 (the DC term) is used: rgb = max(SH_C0 * dc + 0.5, 0), exactly what gsplat
+    computes for ``sh_degree=0``. View-dependent terms are ignored.
     """
-    if colors.dim() == 3:
-        return torch.clamp_min(SH_C0 * colors[:, 0, :] + 0.5, 0.0)
-    return colors
+    return torch.clamp_min(SH_C0 * sh[..., 0, :] + 0.5, 0.0)
 
 
 def quat_scale_to_matrix(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """M = R(q) diag(s), [N,3,3], from quats [N,4] wxyz (any norm) and scales [N,3] (m); Σ = M M^T."""
+    """M = R(q) diag(s), [...,3,3], from quats [...,4] wxyz (any norm) and scales [...,3] (m); Σ = M M^T."""
     w, x, y, z = F.normalize(quats, p=2, dim=-1).unbind(-1)
     R = torch.stack(
         [
@@ -89,20 +87,23 @@ def project_gaussians(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
 ) -> Projected:
-    """EWA-project N Gaussians into C pinhole cameras (gsplat's fused projection, classic mode).
+    """EWA-project Gaussians into C pinhole cameras (gsplat's fused projection, classic mode).
 
-    means [N,3] m, quats [N,4] wxyz, scales [N,3] m, opacities [N] in [0,1] (only used for the
-    extent and the culling), viewmats [C,4,4] world-to-camera, Ks [C,3,3] px.
+    One set seen by every camera: means [N,3] m, quats [N,4] wxyz, scales [N,3] m, opacities
+    [N] in [0,1] (only used for the extent and the culling). Or one set per camera (camera c
+    sees set c only): means [C,N,3], quats [C,N,4], scales [C,N,3], opacities [C,N].
+    viewmats [C,4,4] world-to-camera, Ks [C,3,3] px.
     """
     # Σ = M M^T with M = R(q) S, so the camera covariance is (Rc M)(Rc M)^T and the 2D one is
-    # (J Rc M)(J Rc M)^T: a GEMM plus elementwise work instead of many tiny batched matmuls.
-    M = quat_scale_to_matrix(quats, scales)  # [N,3,3]
-    N = means.shape[0]
+    # (J Rc M)(J Rc M)^T: one (batched) GEMM plus elementwise work instead of many tiny matmuls.
+    M = quat_scale_to_matrix(quats, scales)  # [(C,)N,3,3]
+    N = means.shape[-2]
     C = viewmats.shape[0]
     R = viewmats[:, :3, :3]  # [C,3,3]
     t = viewmats[:, :3, 3]  # [C,3]
     means_c = torch.matmul(means, R.transpose(1, 2)) + t[:, None, :]  # [C,N,3]
-    W = torch.matmul(R, M.permute(1, 0, 2).reshape(3, N * 3)).reshape(C, 3, N, 3)  # [C,i,N,j]
+    M_rows = M.movedim(-2, -3).reshape(*M.shape[:-3], 3, N * 3)  # [(C,)k,N*j]
+    W = torch.matmul(R, M_rows).reshape(C, 3, N, 3)  # [C,i,N,j]
 
     x, y, z = means_c.unbind(-1)  # [C,N]
     fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C,1]

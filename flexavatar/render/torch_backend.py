@@ -1,6 +1,7 @@
-"""Pure-PyTorch tile rasterizer: any device, differentiable by autograd, no compiled code.
+"""Pure-PyTorch tile compositing: any device, differentiable by autograd, no compiled code.
 
-Pipeline (all vectorised, the only Python loop is over a few chunks of tiles):
+The "torch" backend of :func:`~.rasterizer.rasterize` (all vectorised, the only Python loop is
+over a few chunks of tiles):
 
 1. :func:`~flexavatar.render.projection.project_gaussians` (EWA, gsplat math);
 2. :func:`~flexavatar.render.projection.bin_gaussians_to_tiles`: (tile, Gaussian) pairs sorted
@@ -27,9 +28,6 @@ from .projection import (
     MAX_ALPHA,
     TRANSMITTANCE_STOP,
     TileBins,
-    bin_gaussians_to_tiles,
-    project_gaussians,
-    sh_dc_to_rgb,
 )
 
 # Upper bound on elements of one [tiles, K, pixels] tensor; autograd keeps about ten of them
@@ -156,44 +154,3 @@ def _composite_chunk(tiles, k_max, means2d, conics, opacities, features, bins, l
     feat = torch.bmm(weights.transpose(1, 2), features[gid])  # [T,P,D]
     alpha_out = 1.0 - t_incl_used[:, -1]  # [T,P]
     return feat, alpha_out
-
-
-def rasterize_torch(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    tile_size: int = 8,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pure-PyTorch render without background: (rgb [C,H,W,3], alpha [C,H,W,1], depth [C,H,W,1]).
-
-    Inputs as :func:`flexavatar.render.rasterize`. ``tile_size`` does not change the result
-    (binning is exact), only speed: small tiles waste fewer pixel evaluations.
-    """
-    rgb = sh_dc_to_rgb(colors)
-    projected = project_gaussians(
-        means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane
-    )
-    bins = bin_gaussians_to_tiles(projected, width, height, tile_size)
-    C, N = projected.depths.shape
-    features = torch.cat([rgb.expand(C, N, rgb.shape[-1]), projected.depths[..., None]], dim=-1)
-    feat, alpha = composite_tiles_torch(
-        projected.means2d.reshape(C * N, 2),
-        projected.conics.reshape(C * N, 3),
-        opacities.expand(C, N).reshape(C * N),
-        features.reshape(C * N, features.shape[-1]),
-        bins,
-        C,
-        width,
-        height,
-        chunk_elements,
-    )
-    return feat[..., :-1], alpha, feat[..., -1:]
