@@ -206,8 +206,7 @@ def turntable(
 
     expression: [57] ICT weights (default: the expression of the first input photo, which its
     colours were lifted with). Frame i is at azimuth 360·i/frames, so the frame after the last
-    is the first again. The avatar is deformed once; the cameras render in chunks of
-    :data:`RENDER_CHUNK` through ``model.render_gaussians``. Returns the mp4 path.
+    is the first again. Returns the mp4 path.
     """
     from flexavatar.video import VideoWriter
 
@@ -217,7 +216,6 @@ def turntable(
     frames, resolution = int(frames), _check_resolution(resolution)
     avatar = avatar.to(model.device)
     code = _expression_code(avatar, expression)
-    bg = _background(background)
     cameras = turntable_cameras(model, frames, elevation_deg, resolution)
     out_path = _out_path(out_path, ".mp4")
     with torch.no_grad():
@@ -225,7 +223,7 @@ def turntable(
         with VideoWriter(out_path, fps) as writer:
             for start in range(0, frames, RENDER_CHUNK):
                 chunk = cameras[start : start + RENDER_CHUNK]
-                rgb, _ = model.render_gaussians(gaussians, chunk, background=bg)
+                rgb, _ = model.render_gaussians(gaussians, chunk, background=_background(background))
                 for frame in _to_uint8(rgb):
                     writer.write(frame)
                 _report(progress, "turntable", (start + len(chunk)) / frames)
@@ -298,11 +296,8 @@ def blend_avatars(first: Avatar, second: Avatar, t: float) -> Avatar:
         ) from None
 
 
-def preview_image(
-    avatar: Avatar, resolution: int = 256, background=DEFAULTS.background, model: FlexAvatarModel | None = None
-) -> np.ndarray:
-    """The first turntable frame of ``avatar`` (front view, the source photo's expression, the
-    turntable's camera and elevation): uint8 [S,S,3], S = resolution (256 or 512)."""
+def preview_image(avatar: Avatar, resolution: int = 256, background=DEFAULTS.background, model=None) -> np.ndarray:
+    """The first turntable frame (front view, source photo's expression): uint8 [S,S,3], S = resolution."""
     return render_still(avatar, pitch_deg=-DEFAULTS.elevation_deg, resolution=_check_resolution(resolution),
                         background=background, model=model)  # fmt: skip
 
@@ -442,9 +437,7 @@ def export_ply(
     axes="viewer" (default): centred on the head, +y down and +z away from the viewer — the
     axes of COLMAP-made 3DGS scenes that splat viewers (SuperSplat, gsplat.js, Gradio's
     Model3D) assume, so the head opens upright and facing you. axes="head": canonical head
-    space (+y up, +z out of the face). ``scale`` multiplies positions and sizes (metres at 1;
-    the Space's in-page viewer copy uses ``flexavatar.space.VIEWER_SCALE``: this is the one
-    place any scale is applied).
+    space (+y up, +z out of the face). ``scale`` multiplies positions and sizes (metres at 1).
     """
     from flexavatar.export import save_ply
 
