@@ -11,16 +11,16 @@ import torch
 
 from flexavatar.eval.bench import median_ms, peak_rss_mb
 from flexavatar.head.blendshapes import NUM_EXPRESSIONS
+from flexavatar.options import DEFAULTS
+from flexavatar.pipeline import load_model, turntable_cameras
+from flexavatar.refine import refine
+from flexavatar.tracking import fit_head
 
 MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
 PHOTOS = ["astronaut.png", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "single_face.jpg"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from flexavatar.pipeline import load_model
-    from flexavatar.refine import refine
-    from flexavatar.tracking import fit_head
-
     parser = argparse.ArgumentParser(prog="flexavatar bench model")
     parser.add_argument("--media", default=str(MEDIA), help="folder with the benchmark photos")
     parser.add_argument("--weights", default=None)
@@ -64,9 +64,12 @@ def main(argv: list[str] | None = None) -> None:
         ms = median_ms(one_frame, max(args.repeats, 10), warmup=2)
         batch_ms = median_ms(lambda: model.render(avatar, cameras * 8, expressions), args.repeats, warmup=1) / 8
         deform_ms = median_ms(lambda: model.deform(avatar, expressions[:1]), max(args.repeats, 10), warmup=1)
+        orbit = turntable_cameras(model, 8, DEFAULTS.elevation_deg, size)
+        orbit_ms = median_ms(lambda: model.render(avatar, orbit, expressions[:1]), args.repeats, warmup=1) / 8
     print(f"deform+render {size}²: {ms:.1f} ms/frame ({1000 / ms:.1f} FPS) one frame at a time "
           f"(deform {deform_ms:.1f} ms); {batch_ms:.1f} ms/frame ({1000 / batch_ms:.1f} FPS) in batches of 8 "
           "as reenact() renders")  # fmt: skip
+    print(f"one expression from 8 turntable cameras (deformed once, one rasterize call): {orbit_ms:.1f} ms/frame")
     refine(model, avatar, crops, cameras, fit.expressions, steps=2)  # compile the kernels first
     result = refine(model, avatar, crops, cameras, fit.expressions, seconds=args.refine_seconds)
     print(f"refinement (1 view): {result.steps / result.seconds:.1f} steps/s ({result.steps} steps in "
