@@ -219,6 +219,23 @@ def test_render_still_endpoint(client):
     assert np.abs(a - b).mean() > 1
 
 
+def test_docs_snippets_for_the_play_endpoints(client, app_module, tmp_path):
+    """README's /render_still and /blend_still snippets, verbatim, with an avatar made here."""
+    from gradio_client import handle_file
+    from test_app import doc_snippets
+
+    from flexavatar import pipeline
+
+    avatar_file = str(pipeline.create_avatar([app_module.EXAMPLES / "astronaut.png"], model=app_module.MODEL)
+                      .save(tmp_path / "me.avatar"))  # fmt: skip
+    ns = {"client": client, "handle_file": handle_file, "avatar_file": avatar_file}
+    for snippet in doc_snippets()[4:]:
+        exec(snippet, ns)  # noqa: S102 - our own documentation
+    for key in ("still_png", "blend_png"):
+        image = Image.open(ns[key])
+        assert image.format == "PNG" and image.size == (256, 256) and np.asarray(image).std() > 5
+
+
 @pytest.mark.slow
 def test_blend_endpoints(client, app_module, shared_media, tmp_path):
     from gradio_client import handle_file
