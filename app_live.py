@@ -89,9 +89,10 @@ def build_play_tabs(model: FlexAvatarModel, made_avatar: gr.File, example_photo:
                     pitch = gr.Slider(-40, 40, 0, step=1, label="Head pitch (°, + = chin up)")
                 still_out = gr.Image(label="Still (download with the ⬇ button)", format="png", interactive=False,
                                      elem_id="still")  # fmt: skip
+            # one light render per change: no queue round trip, so the still follows the sliders at once
             gr.on([s.change for s in (*sliders, yaw, pitch, avatar)], render_still, [avatar, *sliders, yaw, pitch],
-                  still_out, api_name="render_still", trigger_mode="always_last", concurrency_id="still",
-                  show_progress="minimal")  # fmt: skip
+                  still_out, api_name="render_still", trigger_mode="always_last", show_progress="minimal",
+                  queue=False)  # fmt: skip
         with gr.Tab("Blend two avatars", elem_id="blend-tab"):
             second = gr.File(label="Second avatar (.avatar)", file_types=[".avatar"], elem_id="blend-second")
             with gr.Row():

@@ -5,25 +5,37 @@
 * real time: the clip played at its own frame rate by the wall clock; the session takes the
   newest frame whenever it is free and drops the ones it missed, as the Space does. Latency is
   from a frame's capture time to its rendered frame (what a viewer sees, less the network);
-* ``render_still`` with sliders (the Space's controls tab) and ``blend_avatars`` + still.
+* ``render_still`` with sliders (the Space's controls tab) and ``blend_avatars`` + still;
+* ``--app``: the same through the Space: ``python app.py`` started on a free local port, the clip
+  streamed to ``/live`` over Gradio's streaming protocol (:mod:`flexavatar.eval.live_client`),
+  each frame sent when the previous answer is back: frames/s and round trip per frame (camera
+  frame out to avatar frame back, JPEG both ways); then ``/render_still`` round trips (plain HTTP POST, PNG downloaded).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 
 from flexavatar import pipeline
 from flexavatar.eval.bench import median_ms
+from flexavatar.eval.live_client import LiveStream
 from flexavatar.live import LiveSession
 from flexavatar.video import iter_frames, probe_video
 
-MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
+REPO = Path(__file__).resolve().parents[2]
+MEDIA = REPO.parent / "shared" / "media"
+APP_START_TIMEOUT_S = 180
 
 
 def as_fast_as_possible(session: LiveSession, frames: list[np.ndarray], fps: float) -> dict:
@@ -59,11 +71,61 @@ def real_time(session: LiveSession, frames: list[np.ndarray], fps: float) -> dic
             "latency_ms": float(np.median(latencies)), "latency_p90_ms": float(np.percentile(latencies, 90))}  # fmt: skip
 
 
+def through_the_space(frames: list[np.ndarray], repeats: int = 10) -> None:
+    """Start ``python app.py`` on a free port, stream ``frames`` to /live, time /render_still."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    with tempfile.TemporaryDirectory(prefix="flexavatar-bench-") as tmp:
+        env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+               "FLEXAVATAR_APP_TMP": tmp, "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
+        server = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + APP_START_TIMEOUT_S
+            while True:
+                try:
+                    if httpx.get(url + "config", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the Space did not start (run `python app.py` to see why)")
+                time.sleep(1)
+            stream = LiveStream(url)
+            stream.open(frames[0])
+            stream.wait_outputs(1, timeout=120)  # the first frame also makes the example avatar
+            for index, frame in enumerate(frames[1:], start=2):
+                stream.send(frame)
+                stream.wait_outputs(index)
+            stream.close()
+            arrived = np.array([t for t, _, _ in stream.outputs[1 : len(frames)]])
+            round_trip = (arrived - np.array(stream.sent[1 : len(frames)])) * 1000.0
+            fps = (len(frames) - 1) / (arrived[-1] - stream.sent[1])
+            print(f"Space /live over HTTP (localhost), one frame in flight: {fps:.1f} frames/s; camera frame out to "
+                  f"avatar frame back: median {np.median(round_trip):.0f} ms, p90 {np.percentile(round_trip, 90):.0f} ms")  # fmt: skip
+            http = httpx.Client(timeout=60)
+            body = {"data": [None, 0.3, 0.7, 0.2, 0, 0, 0, 0, 20, 0]}  # example avatar, sliders, yaw 20°
+
+            def still() -> None:
+                reply = http.post(url + "gradio_api/run/render_still", json=body)
+                http.get(reply.json()["data"][0]["url"]).raise_for_status()  # the PNG itself
+
+            ms = median_ms(still, repeats=repeats)
+            print(f"Space /render_still over HTTP (POST /gradio_api/run/render_still + PNG download): {ms:.0f} ms "
+                  f"(median of {repeats}; target <= 150 ms)")  # fmt: skip
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="flexavatar bench live")
     parser.add_argument("--media", default=str(MEDIA))
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--loops", type=int, default=2, help="play the clip this many times")
+    parser.add_argument("--app", action="store_true", help="also measure through the Space (starts app.py)")
     args = parser.parse_args(argv)
     media = Path(args.media)
     video = media / "single_face.mp4"
@@ -93,3 +155,5 @@ def main(argv: list[str] | None = None) -> None:
     print(f"blend_avatars + render_still 256²: {ms:.1f} ms")
     if fast["fps"] < 15:
         print("note: below the 15 frames/s target; on a shared machine, re-run when it is quiet")
+    if args.app:
+        through_the_space(frames[: len(frames) // args.loops])
