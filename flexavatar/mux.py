@@ -38,6 +38,8 @@ __all__ = [
 #: Bit rate of the AAC audio we write (bits per second).
 AUDIO_BIT_RATE = 160_000
 AUDIO_HINT = "pick a file with sound or skip the audio"
+#: Sample rates (Hz) the AAC encoder accepts; other sources are resampled to 48 kHz.
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 
 
 def open_output(path: Path) -> av.container.OutputContainer:
@@ -82,7 +84,8 @@ class AudioTrack:
         self._input = open_input(source, "audio source", AUDIO_HINT)
         try:
             in_stream = self._input.streams.audio[0]
-            self.rate = in_stream.codec_context.sample_rate
+            source_rate = in_stream.codec_context.sample_rate
+            self.rate = source_rate if source_rate in AAC_RATES else 48000  # resampled to a rate AAC has
             layout = "mono" if in_stream.codec_context.channels == 1 else "stereo"  # AAC: keep it simple
             self._stream = output.add_stream("aac", rate=self.rate, layout=layout)
             self._stream.bit_rate = AUDIO_BIT_RATE

@@ -231,7 +231,9 @@ def _decode(
         stream.thread_type = "AUTO"  # frame + slice threads, as the ffmpeg command line decodes
         try:
             for frame in container.decode(stream):
-                yield _to_rgb(frame, size)
+                rgb = _to_rgb(frame, size)
+                size = (rgb.shape[1], rgb.shape[0])  # frames of a stream that changes size keep the first's
+                yield rgb
                 count += 1
                 if max_frames is not None and count >= max_frames:
                     return
@@ -362,7 +364,11 @@ class VideoWriter:
         height, width = arr.shape[:2]
         if self._size is None:
             self._size = (width, height)
-            self._start(width + width % 2, height + height % 2)
+            try:
+                self._start(width + width % 2, height + height % 2)
+            except av.error.FFmpegError as e:
+                self.abort()
+                raise RuntimeError(f"could not start encoding {self.path.name}: {e}") from e
         elif self._size != (width, height):
             raise ValueError(
                 f"all frames must have the size of the first one {self._size} (w, h), got {(width, height)}"

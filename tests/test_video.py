@@ -232,6 +232,22 @@ def test_audio_window_and_separate_mux(tmp_path: Path, frames, roundtrip: Path, 
     assert_faststart(muxed)
 
 
+def test_audio_at_a_rate_aac_lacks_is_resampled(tmp_path: Path, frames):
+    """A 1.5 s mono 37.8 kHz track (no AAC profile has that rate) -> 48 kHz AAC, cut at 1 s of video."""
+    source = tmp_path / "odd_rate.mka"
+    rate = 37800
+    tone = (np.sin(2 * np.pi * 440 * np.arange(rate * 3 // 2) / rate) * 10000).astype(np.int16)[None]
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate, layout="mono")
+        chunk = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+        chunk.sample_rate, chunk.pts = rate, 0
+        container.mux(stream.encode(chunk))
+        container.mux(stream.encode(None))
+    out = write_mp4(tmp_path / "resampled.mp4", frames[:30], fps=30, audio_from=source)
+    assert "48000 Hz" in next(line for line in ffmpeg_info(out).splitlines() if "Audio:" in line)
+    assert audio_seconds(out) == pytest.approx(1.0, abs=0.05)
+
+
 def test_audio_from_file_without_audio_is_ignored(tmp_path: Path, frames, roundtrip: Path):
     out = write_mp4(tmp_path / "silent.mp4", frames[:10], fps=30, audio_from=roundtrip)
     assert not probe_video(out).has_audio
