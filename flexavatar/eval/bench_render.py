@@ -188,7 +188,8 @@ def stage_breakdown(n: int = 10_000, size: int = 256, repeats: int = 7) -> list[
 
 def frame_batch_comparison(backend: str, n: int = 10_000, size: int = 256, frames: int = 8, repeats: int = 5):
     """ms/frame for ``frames`` per-frame Gaussian sets [F,N,...] (as a reenactment renders them)
-    rendered in one rasterize call, and one call per frame; forward only."""
+    in one rasterize call and in one call per frame, forward only: {(way, "wall"|"cpu"): ms}.
+    CPU time (all threads) is steadier than wall time on a shared machine."""
     from flexavatar.render import rasterize
 
     scenes = [head_scene(n, seed) for seed in range(frames)]
@@ -196,16 +197,26 @@ def frame_batch_comparison(backend: str, n: int = 10_000, size: int = 256, frame
     cameras = [orbit_camera(20.0 + 5 * f, 5.0, 0.7, (0.0, 0.0, 0.0), focal_from_fov(25.0, size), size, size)
                for f in range(frames)]  # fmt: skip
     viewmats, Ks = stack_cameras(cameras)
-
-    def one_call():
-        rasterize(*batch, viewmats, Ks, size, size, backend=backend)
-
-    def per_frame():
-        for f in range(frames):
+    ways = {
+        "one call": lambda: rasterize(*batch, viewmats, Ks, size, size, backend=backend),
+        "per frame": lambda: [
             rasterize(*scenes[f], viewmats[f : f + 1], Ks[f : f + 1], size, size, backend=backend)
-
+            for f in range(frames)
+        ],
+    }
+    result = {}
     with torch.no_grad():
-        return _time_ms(one_call, repeats) / frames, _time_ms(per_frame, repeats) / frames
+        for way, fn in ways.items():
+            fn()  # warm-up
+            wall, cpu = [], []
+            for _ in range(repeats):
+                start_wall, start_cpu = time.perf_counter(), time.process_time()
+                fn()
+                wall.append(time.perf_counter() - start_wall)
+                cpu.append(time.process_time() - start_cpu)
+            result[way, "wall"] = 1e3 * statistics.median(wall) / frames
+            result[way, "cpu"] = 1e3 * statistics.median(cpu) / frames
+    return result
 
 
 # Gaussian-pixel pairs the naive baseline is timed on per case (about a second or two).
@@ -301,9 +312,12 @@ def main(argv: list[str] | None = None) -> None:
             line += "".join(f"{naive_ms / ours[b]:>11.0f}x" if naive_ms else f"{'-':>12}" for b in backends)
             print(line, flush=True)
     if "numba" in backends:
-        batched_ms, looped_ms = frame_batch_comparison("numba", repeats=args.repeats)
-        print(f"\n8 frames of 10k per-frame Gaussians @ 256², numba fwd: {batched_ms:.1f} ms/frame in one "
-              f"rasterize call, {looped_ms:.1f} ms/frame one call per frame")  # fmt: skip
+        ms = frame_batch_comparison("numba", repeats=args.repeats)
+        print(
+            "\n8 frames of 10k per-frame Gaussians @ 256², numba fwd, ms/frame (wall / CPU of all threads):"
+        )
+        for way in ("one call", "per frame"):
+            print(f"  {way:<28}{ms[way, 'wall']:>10.1f}{ms[way, 'cpu']:>10.1f}")
         print("\nstage breakdown, numba backend, 10k @ 256² (median ms):")
         for name, value in stage_breakdown(repeats=args.repeats):
             print(f"  {name:<28}{value:>10.1f}")
