@@ -122,6 +122,13 @@ def _bench(args, rest) -> None:
     run_topic(args.topic, rest)
 
 
+def _dispatch(module: str, rest: list[str]) -> None:
+    """Hand the remaining arguments to ``module.main``; ``eval --motion`` is the motion evaluation."""
+    if module == "flexavatar.eval.evaluate" and "--motion" in rest:
+        module = "flexavatar.eval.motion"
+    __import__(module, fromlist=["main"]).main(rest)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="checkpoint folder or Hub repo id (default: shipped weights/)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -164,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, helptext in (("train", "flexavatar.train.trainer", "train the network"),
                                    ("eval", "flexavatar.eval.evaluate", "self-reenactment evaluation table")):  # fmt: skip
         p = sub.add_parser(name, help=helptext, add_help=False)
-        p.set_defaults(func=lambda args, rest, module=module: __import__(module, fromlist=["main"]).main(rest))
+        p.set_defaults(func=lambda args, rest, module=module: _dispatch(module, rest))
 
     p = sub.add_parser("publish", help="upload weights, model card and assets to a Hub model repo")
     p.add_argument("repo_id", help="Hub model repo, 'user-or-org/name' (created if missing)")

@@ -68,7 +68,8 @@ class VideoTrack:
         in source pixels, the crop_head framing (smoothed).
     fps, frame_count (= T), num_source_frames (before max_frames), truncated (T < source),
     width, height (frame size), focal_px (the camera the pose refers to; principal point at
-    the frame centre), warnings, name.
+    the frame centre), warnings, name. face_boxes: [T,4] float32 (x0, y0, x1, y1) source px,
+    the box of the 478 landmarks (unsmoothed; interpolated where no face).
     """
 
     expressions: np.ndarray
@@ -87,6 +88,7 @@ class VideoTrack:
     focal_px: float
     warnings: list[str] = field(default_factory=list)
     name: str = "video"
+    face_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
     def rotation_matrices(self) -> np.ndarray:
         """[T,3,3] float64 rotations of :attr:`rotations`."""
@@ -212,6 +214,8 @@ def track_video(
     relative_full = scatter(relative)
     translation_full = scatter(translations_tracked)
     crop_full = scatter(crop_tracked)
+    landmarks_tracked = np.stack(landmark_sets)[..., :2]
+    face_boxes = scatter(np.concatenate([landmarks_tracked.min(1), landmarks_tracked.max(1)], axis=1))
 
     # One filter over all channels, each scaled to comparable units.
     crop_unit = CROP_UNIT_FRACTION * max(float(np.median(crop_tracked[:, 2])), 1.0)
@@ -262,4 +266,5 @@ def track_video(
         focal_px=mediapipe_focal_px(height),
         warnings=warnings,
         name=name,
+        face_boxes=face_boxes.astype(np.float32),
     )

@@ -1,0 +1,197 @@
+"""``python -m flexavatar eval --motion``: expression and motion fidelity, measured in closed loop.
+
+Each reenactment is re-tracked with the project's own MediaPipe landmarker
+(:func:`flexavatar.tracking.track_video`, no smoothing) and compared with the raw tracking of
+its driver, frame by frame:
+
+* **AED_rel**: mean absolute difference of the 51 MediaPipe expression scores (its 52 minus
+  ``_neutral``), each relative to its frame 0 (relative motion transfers changes, not levels).
+* **r** per key blendshape (:data:`KEY_BLENDSHAPES`): Pearson correlation of output and driver
+  over time, only where the driver moves it (std >= :data:`MOVING_STD`; "-" otherwise: the
+  correlation of two flat lines is noise). ``r_key`` is their mean.
+* **APD**: mean geodesic angle (degrees) between the output's and the driver's head rotation
+  since frame 0 (each in its own camera).
+* **out**: fraction of frames where the output's face is not found or its landmark box leaves
+  the frame; **size**: std / median of the output face-box width (apparent size steadiness).
+
+Rows: self-reenactment (the avatar made from the clip's own first frame) and
+cross-reenactment (every public photo driven by every public clip), in one table.
+
+    python -m flexavatar eval --motion [--photos a.jpg ...] [--clips c.mp4 ...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flexavatar import pipeline
+from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
+from flexavatar.tracking import track_video
+from flexavatar.tracking.pose import rotation_angle_deg
+from flexavatar.train import media_dir
+from flexavatar.video import iter_frames
+
+REPO = Path(__file__).resolve().parents[2]
+PUBLIC_PHOTOS = ("astronaut.png", "single_face.jpg", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg")
+PUBLIC_CLIPS = ("single_face.mp4", "examples/driving.mp4")
+#: Key blendshapes (MediaPipe names); ``browDown`` is the mean of its left and right scores.
+KEY_BLENDSHAPES = ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft", "mouthSmileRight",
+                   "browInnerUp", "browDown", "mouthPucker", "mouthFunnel")  # fmt: skip
+#: A key blendshape counts for r only where the driver's score moves at least this much (std).
+MOVING_STD = 0.03
+#: The output face box may come this close to the frame border (fraction of the side) before
+#: the head counts as leaving the frame.
+FRAME_MARGIN = 0.0
+_INDEX = {name: i for i, name in enumerate(MEDIAPIPE_BLENDSHAPE_NAMES)}
+
+
+def key_scores(blendshapes: np.ndarray) -> dict[str, np.ndarray]:
+    """[T,52] MediaPipe scores -> {key name: [T]} (browDown = mean of left/right)."""
+    out = {}
+    for name in KEY_BLENDSHAPES:
+        if name == "browDown":
+            out[name] = blendshapes[:, [_INDEX["browDownLeft"], _INDEX["browDownRight"]]].mean(1)
+        else:
+            out[name] = blendshapes[:, _INDEX[name]]
+    return out
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r of two [T] series (0 when either is constant)."""
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 1e-12 else 0.0
+
+
+def motion_metrics(driver, output) -> dict:
+    """Closed-loop metrics of one reenactment (see the module docstring).
+
+    driver, output: :class:`~flexavatar.tracking.VideoTrack` of the driving video and of the
+    rendered reenactment (same frame count; the shorter one bounds the comparison).
+    Returns plain floats: aed_rel, r_key (NaN when no key blendshape moves), r_<name> (NaN where
+    the driver does not move it), apd_deg, out_of_frame (fraction), size_std (fraction), frames.
+    """
+    frames = min(driver.frame_count, output.frame_count)
+    both = driver.has_face[:frames] & output.has_face[:frames]
+    first = int(np.argmax(both)) if both.any() else 0
+    d_scores = driver.blendshapes[:frames, 1:].astype(np.float64)
+    o_scores = output.blendshapes[:frames, 1:].astype(np.float64)
+    delta_error = np.abs((o_scores - o_scores[first]) - (d_scores - d_scores[first]))
+    result: dict = {"frames": frames, "aed_rel": float(delta_error[both].mean()) if both.any() else float("nan")}
+    d_keys, o_keys = key_scores(driver.blendshapes[:frames]), key_scores(output.blendshapes[:frames])
+    moving = []
+    for name in KEY_BLENDSHAPES:
+        d, o = d_keys[name][both], o_keys[name][both]
+        r = pearson(o, d) if len(d) > 2 and d.std() >= MOVING_STD else float("nan")
+        result[f"r_{name}"] = r
+        if not np.isnan(r):
+            moving.append(r)
+    result["r_key"] = float(np.mean(moving)) if moving else float("nan")
+    d_rot, o_rot = driver.rotation_matrices()[:frames], output.rotation_matrices()[:frames]
+    d_delta = d_rot @ np.swapaxes(d_rot[first], -1, -2)  # rotation since frame 0, camera frame
+    o_delta = o_rot @ np.swapaxes(o_rot[first], -1, -2)
+    result["apd_deg"] = float(rotation_angle_deg(d_delta, o_delta)[both].mean()) if both.any() else float("nan")
+    boxes = output.face_boxes[:frames]
+    margin_x, margin_y = FRAME_MARGIN * output.width, FRAME_MARGIN * output.height
+    inside = ((boxes[:, 0] >= margin_x) & (boxes[:, 1] >= margin_y)
+              & (boxes[:, 2] <= output.width - margin_x) & (boxes[:, 3] <= output.height - margin_y))  # fmt: skip
+    result["out_of_frame"] = float(1.0 - (inside & output.has_face[:frames]).mean())
+    widths = (boxes[:, 2] - boxes[:, 0])[output.has_face[:frames]]
+    result["size_std"] = float(widths.std() / max(np.median(widths), 1e-6)) if len(widths) else float("nan")
+    return result
+
+
+def first_frame(clip) -> np.ndarray:
+    """The first frame of a video, uint8 [H,W,3] (the photo of a self-reenactment)."""
+    frames = iter_frames(clip, max_frames=1)
+    try:
+        return next(frames)
+    finally:
+        frames.close()
+
+
+def evaluate_reenactment(model, avatar, clip, driver_track, workdir: Path, tag: str, max_seconds: float,
+                         **options) -> dict:  # fmt: skip
+    """Reenact ``avatar`` with ``clip`` (pipeline options ``options``), re-track, compare."""
+    out = pipeline.reenact(avatar, clip, max_seconds=max_seconds, out_path=workdir / f"{tag}.mp4", model=model,
+                           **options)  # fmt: skip
+    return motion_metrics(driver_track, track_video(out, smoothing=0.0))
+
+
+def motion_table(model, photos, clips, max_seconds: float = 10.0, self_reenact: bool = True, workdir=None,
+                 **options) -> list[dict]:  # fmt: skip
+    """Rows of metrics: self-reenactment per clip, then every photo x every clip."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="flexavatar-motion-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for clip in clips:
+        fps = track_video(clip, max_frames=1).fps
+        driver = track_video(clip, smoothing=0.0, max_frames=max(1, int(max_seconds * fps)))
+        sources = [("self", first_frame(clip))] if self_reenact else []
+        sources += [(Path(p).name, p) for p in photos]
+        for name, photo in sources:
+            avatar = pipeline.create_avatar(photo, model=model)
+            tag = f"{Path(clip).stem}-{Path(name).stem}"
+            metrics = evaluate_reenactment(model, avatar, clip, driver, workdir, tag, max_seconds, **options)
+            rows.append({"clip": Path(clip).name, "photo": name, **metrics})
+    return rows
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "-" if value is None or np.isnan(value) else f"{value:.{digits}f}"
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of :func:`motion_table` rows."""
+    keys = [f"r_{k}" for k in KEY_BLENDSHAPES]
+    head = ["clip", "photo", "AED_rel", "r_key", *(k[2:] for k in keys), "APD°", "out", "size"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["clip"], row["photo"], _fmt(row["aed_rel"], 3), _fmt(row["r_key"]), *(_fmt(row[k]) for k in keys),
+                 _fmt(row["apd_deg"]), _fmt(row["out_of_frame"]), _fmt(row["size_std"], 3)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m flexavatar eval --motion", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--motion", action="store_true", help="(selects this evaluation)")
+    p.add_argument("--weights", default=None, help="checkpoint folder (default: the shipped weights/)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--photos", nargs="*", default=None, help="default: the four public photos")
+    p.add_argument("--clips", nargs="*", default=None, help="default: single_face.mp4 and examples/driving.mp4")
+    p.add_argument("--max-seconds", type=float, default=10.0, help="driving seconds per clip")
+    p.add_argument("--no-self", action="store_true", help="skip the self-reenactment rows")
+    p.add_argument("--options", default="{}", help="extra pipeline.reenact options as JSON")
+    p.add_argument("--json", default=None, help="also write the rows as JSON here")
+    p.add_argument("--markdown", default=None, help="also write the table as markdown here")
+    p.add_argument("--workdir", default=None, help="keep the reenactment videos here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    media = media_dir()
+    photos = args.photos if args.photos is not None else [str(media / p) for p in PUBLIC_PHOTOS]
+    clips = args.clips if args.clips is not None else [
+        str(REPO / c) if c.startswith("examples/") else str(media / c) for c in PUBLIC_CLIPS
+    ]  # fmt: skip
+    model = pipeline.load_model(args.weights, args.device)
+    start = time.perf_counter()
+    rows = motion_table(model, photos, clips, args.max_seconds, not args.no_self, args.workdir,
+                        **json.loads(args.options))  # fmt: skip
+    table = format_table(rows)
+    print(table)
+    print(f"({len(rows)} reenactments in {time.perf_counter() - start:.1f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 0
