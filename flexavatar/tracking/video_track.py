@@ -9,8 +9,12 @@ point at the frame centre); landmarks -> crop box (:func:`flexavatar.tracking.cr
 the framing of :func:`~flexavatar.tracking.crop.crop_head`).
 
 Frames without a face are flagged (``has_face`` False, ``confidence`` 0) and filled by linear
-interpolation between the nearest tracked frames (gaps at the start/end hold the first/last
-tracked value). Then a zero-phase One Euro filter smooths expressions, pose and crop boxes.
+interpolation between the nearest reliable frames (gaps at the start/end hold the first/last
+reliable value). Frames where the face is found but the tracking is not to be trusted get
+``confidence`` 0 and are filled the same way: a head turned past profile, and *excursions*
+(:func:`excursion_frames`): a hand over the face makes MediaPipe snap to a different pose and
+size and snap back when the hand leaves, so a short stretch entered and left by such jumps,
+with the head back where it was, is interpolated over instead of followed. Then a zero-phase One Euro filter smooths expressions, pose and crop boxes.
 Rotations are filtered as axis-angle *relative to the first tracked frame's rotation*: a
 frontal head is ~180 deg about x in OpenCV axes, where raw axis-angle vectors wrap.
 """
@@ -27,7 +31,13 @@ import numpy as np
 
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import mediapipe_to_ict
-from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, relative_rotvecs, unwrap_rotvecs
+from flexavatar.rotations import (
+    axis_angle_to_matrix,
+    matrix_to_axis_angle,
+    relative_rotvecs,
+    rotation_angle_deg,
+    unwrap_rotvecs,
+)
 from flexavatar.tracking.correspondence import load_correspondence
 from flexavatar.tracking.crop import crop_boxes_from_landmarks
 from flexavatar.tracking.detect import (
@@ -52,6 +62,14 @@ EXPRESSION_BETA = 4.0
 POSE_BETA = 0.5
 #: Runs of detections shorter than this, in a video that has longer ones, are false positives.
 MIN_FACE_RUN = 3
+#: A frame-to-frame change beyond these is a tracking snap, not head motion: rotation (degrees),
+#: landmark-box width (log ratio, ~12%).
+JUMP_DEG = 10.0
+JUMP_LOG_WIDTH = 0.12
+#: Excursions longer than this (seconds) are followed: the head really went somewhere else.
+MAX_EXCURSION_S = 4.0
+#: Frames below this confidence (turned past ~85 deg) are interpolated over, not followed.
+MIN_RELIABLE_CONFIDENCE = 0.1
 PROGRESS_EVERY = 5
 
 
@@ -64,7 +82,7 @@ class VideoTrack:
         and translations: [T,3] float32 metres of the ICT head in the OpenCV camera of the
         frame (x_cam = R x_head + t; camera looks down +z, y down), consecutive axis-angle
         vectors unwrapped (no 2 pi jumps; the angle may exceed pi). confidence: [T] float32 in
-        [0,1] (0 = no face). has_face: [T] bool. crop_boxes: [T,3] float32 (x0, y0, side)
+        [0,1] (0 = no face, or a face not to be trusted: interpolated). has_face: [T] bool. crop_boxes: [T,3] float32 (x0, y0, side)
         in source pixels, the crop_head framing (smoothed).
     fps, frame_count (= T), num_source_frames (before max_frames), truncated (T < source),
     width, height (frame size), focal_px (the camera the pose refers to; principal point at
@@ -120,6 +138,46 @@ def drop_short_runs(flags: np.ndarray, min_run: int) -> np.ndarray:
         return flags.copy()
     run_id = np.cumsum(edges[:-1] == 1) - 1  # index of the run each frame belongs to
     return flags & (lengths[np.clip(run_id, 0, None)] >= min_run)
+
+
+def excursion_frames(rotations: np.ndarray, widths: np.ndarray, fps: float) -> np.ndarray:
+    """[T] bool: frames inside tracking excursions (see the module docstring).
+
+    rotations [T,3,3] and widths [T] px of consecutive tracked frames. A jump is a step above
+    :data:`JUMP_DEG` or :data:`JUMP_LOG_WIDTH`; the stretches between jumps are segments. The
+    longest segment is trusted; walking away from it, a segment is trusted when it starts
+    where the last trusted one ended (the head came back) or lasts :data:`MAX_EXCURSION_S` or
+    more (the head really went there); the others are excursions.
+    """
+    count = len(widths)
+    flags = np.zeros(count, dtype=bool)
+    if count < 3:
+        return flags
+    log_width = np.log(np.maximum(np.asarray(widths, np.float64), 1.0))
+
+    def agree(a: int, b: int) -> bool:
+        return bool(rotation_angle_deg(rotations[a], rotations[b]) <= JUMP_DEG
+                    and abs(log_width[a] - log_width[b]) <= JUMP_LOG_WIDTH)  # fmt: skip
+
+    turn = rotation_angle_deg(rotations[1:], rotations[:-1])
+    jumps = (turn > JUMP_DEG) | (np.abs(np.diff(log_width)) > JUMP_LOG_WIDTH)  # jumps[i]: between i and i+1
+    starts = np.concatenate([[0], np.flatnonzero(jumps) + 1])
+    ends = np.concatenate([starts[1:], [count]])  # segment k is frames [starts[k], ends[k])
+    long_enough = ends - starts >= MAX_EXCURSION_S * fps
+    anchor = int(np.argmax(ends - starts))
+    edge = ends[anchor] - 1  # last trusted frame, walking right
+    for k in range(anchor + 1, len(starts)):  # few segments: jumps are rare
+        if long_enough[k] or agree(starts[k], edge):
+            edge = ends[k] - 1
+        else:
+            flags[starts[k] : ends[k]] = True
+    edge = starts[anchor]  # first trusted frame, walking left
+    for k in range(anchor - 1, -1, -1):
+        if long_enough[k] or agree(ends[k] - 1, edge):
+            edge = starts[k]
+        else:
+            flags[starts[k] : ends[k]] = True
+    return flags
 
 
 def _face_confidence(face_width_px: float, rotation: np.ndarray) -> float:
@@ -202,13 +260,17 @@ def track_video(
     crop_tracked = crop_boxes_from_landmarks(np.stack(landmark_sets))
     confidence = np.zeros(num_frames, np.float64)
     confidence[tracked] = [_face_confidence(w, r) for w, r in zip(widths, rotations_tracked, strict=True)]
+    confidence[tracked[excursion_frames(rotations_tracked, np.asarray(widths), fps)]] = 0.0
+    reliable = has_face_array & (confidence >= MIN_RELIABLE_CONFIDENCE)
+    if not reliable.any():  # nothing better to go on: follow what was found
+        reliable = has_face_array
 
     def scatter(values: np.ndarray) -> np.ndarray:
         full = np.zeros((num_frames, values.shape[-1]), np.float64)
         full[tracked] = values
-        return fill_gaps(full, has_face_array)
+        return fill_gaps(full, reliable)
 
-    reference = rotations_tracked[0]
+    reference = rotations_tracked[int(np.argmax(reliable[tracked]))]
     relative = unwrap_rotvecs(relative_rotvecs(rotations_tracked, reference))  # small, continuous
     expression_full = scatter(mediapipe_to_ict(raw_blendshapes[tracked]))
     relative_full = scatter(relative)
@@ -243,6 +305,12 @@ def track_video(
     if missing:
         warnings.append(
             f"no face in {missing} of {num_frames} frames of {name}; those frames are interpolated"
+        )
+    unreliable = int((has_face_array & ~reliable).sum())
+    if unreliable:
+        warnings.append(
+            f"{name}: tracking unreliable in {unreliable} of {num_frames} frames (face covered or turned "
+            "away); pose and expression are interpolated there"
         )
     truncated = max_frames is not None and num_frames >= max_frames and num_source > num_frames
     if truncated:
