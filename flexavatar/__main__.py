@@ -1,4 +1,4 @@
-"""Command line: ``python -m flexavatar {create,turntable,reenact,run,live,train,eval,bench,publish} --help``."""
+"""Command line: ``python -m flexavatar {create,turntable,reenact,run,live,train,eval,calibrate,bench,publish} --help``."""
 
 from __future__ import annotations
 
@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=_live)
 
+    p = sub.add_parser("calibrate", help="fit the motion calibration in closed loop", add_help=False)
+    p.set_defaults(func=lambda args, rest: _dispatch("flexavatar.calibration", rest))
+
     p = sub.add_parser("bench", help="print speed/memory figures for one part")
     p.add_argument("topic", choices=["head", "render", "tracking", "model", "pipeline", "live", "video"])
     p.set_defaults(func=_bench)
@@ -197,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command not in ("bench", "train", "eval") and rest:
+    if args.command not in ("bench", "train", "eval", "calibrate") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         args.func(args, rest)

@@ -54,6 +54,14 @@ class RequestOptions:
         flag="--absolute", flag_help="copy the driver's expression and pose instead of their changes",
     )  # fmt: skip
     smoothing: float = _option(0.5, "reenact", "temporal smoothing of the tracked motion, 0 (off) .. 1 (strong)")
+    # chosen by the cross-reenactment table of ``python -m flexavatar eval --motion`` (README, Motion)
+    neutralise: bool = _option(
+        True, "reenact", "start from a neutral face: the source photo's expression is removed",
+        flag="--keep-expression", flag_help="keep the source photo's expression as the avatar's rest expression",
+    )  # fmt: skip
+    follow_translation: bool = _option(
+        False, "reenact", "follow the driver's head translation and distance fully (default: damped and bounded)",
+    )  # fmt: skip
     side_by_side: bool = _option(False, "reenact", "put the driving face left of the avatar")
     max_seconds: float = _option(
         GPU_MAX_SECONDS if ON_GPU else CPU_MAX_SECONDS, "reenact", "use at most this many seconds of the driving video (0 = all)",

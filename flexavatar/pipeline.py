@@ -22,6 +22,7 @@ from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
 from flexavatar.options import DEFAULTS, RESOLUTIONS, RequestOptions
+from flexavatar.motion import MotionCalibration, driving_cameras, driving_expressions, load_calibration
 
 Progress = Callable[[str, float], None]
 
@@ -303,58 +304,6 @@ def preview_image(avatar: Avatar, resolution: int = 256, background=DEFAULTS.bac
 
 
 # ---------------------------------------------------------------------------------------- reenact
-def driving_cameras(
-    avatar: Avatar,
-    head_centre: np.ndarray,
-    rotations: np.ndarray,
-    translations: np.ndarray,
-    relative: bool,
-    resolution: int,
-) -> list[Camera]:
-    """Cameras that show the avatar with the driving video's head motion.
-
-    rotations [T,3] axis-angle, translations [T,3] m: the driver's head pose in its camera
-    (OpenCV). relative=True applies the motion since frame 0 on top of the avatar's own source
-    pose; False copies the driver's rotation (the head centre stays where the source put it,
-    plus the driver's motion). The head is fixed in canonical space, so the motion is a camera.
-    """
-    source = avatar.source_camera
-    viewmat = source.viewmat.double().cpu().numpy()
-    source_rot, source_t = viewmat[:3, :3], viewmat[:3, 3]
-    centre_cam = source_rot @ head_centre + source_t  # the head centre in the source camera
-    from flexavatar.rotations import axis_angle_to_matrix
-
-    drive_rot = axis_angle_to_matrix(rotations)  # [T,3,3] float64
-    drive_centre = drive_rot @ head_centre + translations  # [T,3]
-    # the driver's translation, rescaled to the source's distance, relative to its first frame
-    depth_ratio = centre_cam[2] / max(drive_centre[0, 2], 1e-6)
-    centre_motion = (drive_centre - drive_centre[0]) * depth_ratio
-    if relative:
-        new_rot = drive_rot @ drive_rot[0].T @ source_rot
-    else:
-        new_rot = drive_rot
-    new_centre = centre_cam + centre_motion
-    scale = resolution / source.width
-    K = source.K.clone().double()
-    K[:2] *= scale
-    cameras = []
-    for rot, centre in zip(new_rot, new_centre, strict=True):
-        view = np.eye(4)
-        view[:3, :3] = rot
-        view[:3, 3] = centre - rot @ head_centre
-        cameras.append(Camera(torch.from_numpy(view).float(), K.float(), resolution, resolution))
-    return cameras
-
-
-def driving_expressions(avatar: Avatar, driver: np.ndarray, relative: bool) -> np.ndarray:
-    """[T,57] expressions for the avatar: the driver's, or its change since frame 0 added to
-    the avatar's source expression (so a driver who starts smiling does not leave a grin)."""
-    if not relative:
-        return np.clip(driver, 0, 1).astype(np.float32)
-    source = avatar.source_expression.cpu().numpy()
-    return np.clip(source[None] + driver - driver[:1], 0, 1).astype(np.float32)
-
-
 def reenact(
     avatar: Avatar,
     driving_video,
@@ -368,6 +317,9 @@ def reenact(
     progress: Progress | None = None,
     model: FlexAvatarModel | None = None,
     report: dict | None = None,
+    neutralise: bool = DEFAULTS.neutralise,
+    follow_translation: bool = DEFAULTS.follow_translation,
+    calibration: MotionCalibration | str | os.PathLike | None = None,
 ) -> Path:
     """Drive ``avatar`` with the expressions and head motion of a video; returns an mp4 path.
 
@@ -377,6 +329,11 @@ def reenact(
     length). Videos longer than ``max_seconds`` are cut (said in ``report['warnings']``).
     ``side_by_side`` puts the driving crop left of the avatar. Frames stream from decoder to
     encoder in chunks of :data:`RENDER_CHUNK`: memory does not grow with the video's length.
+    Motion (:mod:`flexavatar.motion`): ``relative`` transfers the driver's changes since its
+    first frame; ``neutralise`` starts from a neutral face instead of the source photo's
+    expression; ``follow_translation`` follows the driver's translation and distance fully
+    instead of damped (both stay bounded to keep the head framed); ``calibration``: a
+    :class:`~flexavatar.motion.MotionCalibration` or its file (default: the shipped one).
     """
     from flexavatar.tracking import track_video, warp_crop
     from flexavatar.video import VideoWriter, iter_frames, probe_video
@@ -395,8 +352,11 @@ def reenact(
     warnings = list(track.warnings)  # includes the cut, when the video was longer than max_seconds
     avatar = avatar.to(model.device)
     head_centre = model.head.head_centre().double().cpu().numpy()
-    cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution)
-    expressions = torch.from_numpy(driving_expressions(avatar, track.expressions, relative))
+    cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution,
+                              follow_translation=follow_translation)  # fmt: skip
+    if not isinstance(calibration, MotionCalibration):
+        calibration = load_calibration(calibration)
+    expressions = torch.from_numpy(driving_expressions(avatar, track.expressions, relative, neutralise, calibration))
     bg = _background(background)
     total = len(cameras)
     out_path = _out_path(out_path, ".mp4")

@@ -145,7 +145,8 @@ def excursion_frames(rotations: np.ndarray, widths: np.ndarray, fps: float) -> n
 
     rotations [T,3,3] and widths [T] px of consecutive tracked frames. A jump is a step above
     :data:`JUMP_DEG` or :data:`JUMP_LOG_WIDTH`; the stretches between jumps are segments. The
-    longest segment is trusted; walking away from it, a segment is trusted when it starts
+    segment whose pose most frames share (mid-segment poses agreeing) is trusted; walking away
+    from it, a segment is trusted when it starts
     where the last trusted one ended (the head came back) or lasts :data:`MAX_EXCURSION_S` or
     more (the head really went there); the others are excursions.
     """
@@ -163,8 +164,12 @@ def excursion_frames(rotations: np.ndarray, widths: np.ndarray, fps: float) -> n
     jumps = (turn > JUMP_DEG) | (np.abs(np.diff(log_width)) > JUMP_LOG_WIDTH)  # jumps[i]: between i and i+1
     starts = np.concatenate([[0], np.flatnonzero(jumps) + 1])
     ends = np.concatenate([starts[1:], [count]])  # segment k is frames [starts[k], ends[k])
-    long_enough = ends - starts >= MAX_EXCURSION_S * fps
-    anchor = int(np.argmax(ends - starts))
+    lengths = ends - starts
+    long_enough = lengths >= MAX_EXCURSION_S * fps
+    # the anchor: the segment whose pose most frames share (the covered stretch may be the longest)
+    middles = (starts + ends) // 2
+    support = [sum(lengths[j] for j in range(len(starts)) if agree(middles[j], middles[k])) for k in range(len(starts))]
+    anchor = int(np.lexsort((lengths, support))[-1])
     edge = ends[anchor] - 1  # last trusted frame, walking right
     for k in range(anchor + 1, len(starts)):  # few segments: jumps are rare
         if long_enough[k] or agree(starts[k], edge):

@@ -1,0 +1,223 @@
+"""Driver -> avatar motion: expressions through the closed-loop calibration, head pose as cameras.
+
+Expressions. The driver's MediaPipe scores are not ICT weights: rendering the avatar with one
+ICT blendshape at weight w and re-tracking the render gives a score f(w) that is neither w
+nor linear (a full ICT jawOpen re-tracks as ~0.6, a full eyeBlink as ~0.3-0.5). A
+:class:`MotionCalibration` holds f per MediaPipe score, fitted in closed loop and monotone
+(:mod:`flexavatar.calibration`). The file also records the cross-talk between scores (a blink
+raises eyeLookDown, jawOpen raises mouthLowerDown); it is measured, not inverted: the driver's
+own scores carry the same cross-talk (a driver's blink raises its eyeLookDown too), and
+subtracting it one score at a time cancelled real motion. :func:`driving_expressions` works in score space: the avatar's target
+score is its rest score f(w_rest) plus the driver's change from its neutral level (relative
+motion) or the driver's score (absolute), then w = f⁻¹(target). The rest expression is the source
+photo's or, with ``neutralise``, neutral (w_rest = 0): a frowning photo can then smile.
+
+Head pose. The head is fixed in canonical space, so the driver's motion becomes a camera
+(:func:`driving_cameras`): rotation from the driver (relative to its first frame, on top of
+the source pose), translation and depth (apparent size) damped by
+:data:`TRANSLATION_FOLLOW` and bounded so the head stays framed; ``follow_translation``
+follows them fully (still bounded). Frames where tracking is unreliable (a hand over the face)
+are interpolated upstream, in :func:`flexavatar.tracking.track_video`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flexavatar.assets import SHIPPED_WEIGHTS
+from flexavatar.camera import Camera
+from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, mediapipe_to_ict_matrix
+from flexavatar.model import Avatar
+from flexavatar.tracking.pose import axis_angle_to_matrix
+
+CALIBRATION_FILE = "motion_calibration.json"
+#: Fraction of the driver's translation / depth change the avatar follows by default.
+TRANSLATION_FOLLOW = 0.3
+#: Bounds on the head's motion in the output: in-plane shift of its centre (fraction of the
+#: frame side) and change of its distance (fraction: ~ the change of its apparent size).
+MAX_SHIFT_FRACTION = 0.1
+MAX_DEPTH_FRACTION = 0.1
+#: A calibrated response spanning less than this (score units) carries no information: that
+#: score keeps the identity mapping.
+MIN_RESPONSE_SPAN = 0.05
+#: The inverse never amplifies a score change by more than this (ICT weight per score unit):
+#: where the avatar barely responds, a steeper inverse would only amplify tracking noise.
+MAX_GAIN = 2.5
+#: The driver's neutral level of each score: this percentile over the clip, never above frame 0.
+#: A driver who starts puckered or frowning then relaxes moves *down* from frame 0; measured
+#: from frame 0 that motion is lost on a neutral avatar (weights cannot go below 0).
+DRIVER_NEUTRAL_PERCENTILE = 5.0
+
+_MP_TO_ICT = mediapipe_to_ict_matrix()  # [52,57] 0/1
+
+
+@dataclass
+class MotionCalibration:
+    """Closed-loop response of MediaPipe's scores to ICT blendshapes (one file, JSON).
+
+    names: the S calibrated MediaPipe score names (its 52 minus ``_neutral``).
+    weights: [K] ICT weight grid in [0,1], increasing, weights[0] = 0.
+    responses: [S,K] re-tracked score s when the ICT shape(s) of that score are at each weight
+        and all others at 0; non-decreasing along K (monotone fit).
+    crosstalk: [S,S] extra score i per unit weight of shape j (j != i, only terms that matter;
+        the diagonal is 0); recorded for inspection, not used by :func:`driving_expressions`. meta: how it was made (avatars, grid, command).
+    """
+
+    names: tuple[str, ...]
+    weights: np.ndarray
+    responses: np.ndarray
+    crosstalk: np.ndarray
+    meta: dict
+
+    def __post_init__(self):
+        self.weights = np.asarray(self.weights, np.float64)
+        self.responses = np.asarray(self.responses, np.float64)
+        self.crosstalk = np.asarray(self.crosstalk, np.float64)
+        # strictly increasing copies for np.interp; flat responses keep the identity mapping
+        span = self.responses[:, -1] - self.responses[:, 0]
+        self.informative = span >= MIN_RESPONSE_SPAN
+        # slope at least 1/MAX_GAIN everywhere (also makes it strictly increasing for np.interp)
+        steps = np.diff(self.weights)[None] / MAX_GAIN
+        bounded = self.responses.copy()
+        for k in range(1, len(self.weights)):  # K grid points
+            bounded[:, k] = np.maximum(bounded[:, k], bounded[:, k - 1] + steps[:, k - 1])
+        self._inverse_x = np.where(self.informative[:, None], bounded, self.weights[None])
+        self._columns = np.array([MEDIAPIPE_BLENDSHAPE_NAMES.index(n) for n in self.names])
+
+    def response(self, weights: np.ndarray) -> np.ndarray:
+        """[...,S] ICT weights -> [...,S] predicted re-tracked scores (own shape only)."""
+        weights = np.asarray(weights, np.float64)
+        out = np.empty_like(weights)
+        for s in range(len(self.names)):  # over channels; vectorised over frames
+            out[..., s] = np.interp(weights[..., s], self.weights, self._inverse_x[s])
+        return out
+
+    def inverse(self, scores: np.ndarray) -> np.ndarray:
+        """[...,S] target scores -> [...,S] ICT weights in [0,1] (f⁻¹, clamped at the ends)."""
+        scores = np.asarray(scores, np.float64)
+        out = np.empty_like(scores)
+        for s in range(len(self.names)):
+            out[..., s] = np.interp(scores[..., s], self._inverse_x[s], self.weights)
+        return out
+
+    def to_json(self) -> dict:
+        return {"names": list(self.names), "weights": self.weights.round(4).tolist(),
+                "responses": self.responses.round(4).tolist(), "crosstalk": self.crosstalk.round(4).tolist(),
+                "meta": self.meta}  # fmt: skip
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        return path
+
+
+def identity_calibration() -> MotionCalibration:
+    """The uncalibrated mapping (score = weight), as the pipeline had before calibration."""
+    names = MEDIAPIPE_BLENDSHAPE_NAMES[1:]
+    grid = np.array([0.0, 1.0])
+    return MotionCalibration(names, grid, np.tile(grid, (len(names), 1)), np.zeros((len(names),) * 2),
+                             {"kind": "identity"})  # fmt: skip
+
+
+def load_calibration(path: str | os.PathLike | None = None) -> MotionCalibration:
+    """The calibration at ``path`` (default: ``weights/motion_calibration.json`` shipped with the
+    repository; the identity mapping when that file does not exist)."""
+    path = Path(path) if path is not None else SHIPPED_WEIGHTS / CALIBRATION_FILE
+    if not path.is_file():
+        return identity_calibration()
+    data = json.loads(path.read_text())
+    return MotionCalibration(tuple(data["names"]), data["weights"], data["responses"], data["crosstalk"],
+                             data.get("meta", {}))  # fmt: skip
+
+
+def ict_to_scores(expressions: np.ndarray, names) -> np.ndarray:
+    """[...,57] ICT weights -> [...,S] MediaPipe-named values (mean of each name's ICT shapes)."""
+    columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) for n in names]
+    matrix = _MP_TO_ICT[columns]  # [S,57]
+    return np.asarray(expressions, np.float64) @ (matrix / matrix.sum(1, keepdims=True)).T
+
+
+def scores_to_ict(values: np.ndarray, names, base: np.ndarray) -> np.ndarray:
+    """[...,S] per-name weights -> [...,57] ICT weights; ICT shapes no name drives keep ``base`` [57]."""
+    columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) for n in names]
+    matrix = _MP_TO_ICT[columns]  # [S,57] 0/1
+    driven = matrix.sum(0) > 0
+    return np.where(driven, np.asarray(values, np.float64) @ matrix, base)
+
+
+def driving_expressions(
+    avatar: Avatar,
+    driver: np.ndarray,
+    relative: bool = True,
+    neutralise: bool = False,
+    calibration: MotionCalibration | None = None,
+) -> np.ndarray:
+    """[T,57] float32 ICT expressions for the avatar from the driver's tracked expressions.
+
+    driver: [T,57] the driver's (smoothed) tracking, i.e. its MediaPipe scores by ICT name.
+    relative: the avatar's rest score plus the driver's change from its own neutral level
+    (:data:`DRIVER_NEUTRAL_PERCENTILE`; a driver who starts smiling does not leave a grin, one
+    who starts frowning and relaxes is followed); False: the driver's scores. neutralise: the rest
+    is neutral instead of the source photo's expression. calibration: default the shipped one
+    (:func:`load_calibration`); :func:`identity_calibration` gives the uncalibrated mapping.
+    """
+    calibration = calibration if calibration is not None else load_calibration()
+    names = calibration.names
+    source = np.zeros(57) if neutralise else avatar.source_expression.detach().cpu().numpy().astype(np.float64)
+    scores = ict_to_scores(driver, names)  # [T,S]
+    if relative:
+        rest = calibration.response(ict_to_scores(source, names))  # [S]
+        neutral = np.minimum(np.percentile(scores, DRIVER_NEUTRAL_PERCENTILE, axis=0), scores[0])
+        targets = rest[None] + scores - neutral[None]
+    else:
+        targets = scores
+    weights = calibration.inverse(targets)
+    return np.clip(scores_to_ict(weights, names, source), 0, 1).astype(np.float32)
+
+
+def driving_cameras(
+    avatar: Avatar,
+    head_centre: np.ndarray,
+    rotations: np.ndarray,
+    translations: np.ndarray,
+    relative: bool,
+    resolution: int,
+    follow_translation: bool = False,
+) -> list[Camera]:
+    """Cameras that show the avatar with the driving video's head motion.
+
+    head_centre [3] m (canonical). rotations [T,3] axis-angle, translations [T,3] m: the
+    driver's head pose in its camera (OpenCV). relative=True applies the rotation since frame
+    0 on top of the avatar's source pose; False copies the driver's rotation. The head
+    centre's motion since frame 0 (rescaled to the source's distance) is followed by
+    :data:`TRANSLATION_FOLLOW` (1 with ``follow_translation``), then bounded to
+    :data:`MAX_SHIFT_FRACTION` of the frame in-plane and :data:`MAX_DEPTH_FRACTION` in depth.
+    """
+    source = avatar.source_camera
+    viewmat = source.viewmat.double().cpu().numpy()
+    source_rot, source_t = viewmat[:3, :3], viewmat[:3, 3]
+    centre_cam = source_rot @ head_centre + source_t  # the head centre in the source camera
+    drive_rot = axis_angle_to_matrix(np.asarray(rotations, np.float64))  # [T,3,3]
+    drive_centre = drive_rot @ head_centre + translations  # [T,3]
+    depth_ratio = centre_cam[2] / max(drive_centre[0, 2], 1e-6)
+    follow = 1.0 if follow_translation else TRANSLATION_FOLLOW
+    motion = (drive_centre - drive_centre[0]) * depth_ratio * follow
+    focal = float(source.K[0, 0])
+    max_shift = MAX_SHIFT_FRACTION * source.width * centre_cam[2] / focal  # metres at the head's depth
+    motion[:, :2] = np.clip(motion[:, :2], -max_shift, max_shift)
+    motion[:, 2] = np.clip(motion[:, 2], -MAX_DEPTH_FRACTION * centre_cam[2], MAX_DEPTH_FRACTION * centre_cam[2])
+    new_rot = drive_rot @ drive_rot[0].T @ source_rot if relative else drive_rot
+    new_centre = centre_cam + motion
+    K = source.K.clone().double()
+    K[:2] *= resolution / source.width
+    view = np.tile(np.eye(4), (len(new_rot), 1, 1))
+    view[:, :3, :3] = new_rot
+    view[:, :3, 3] = new_centre - new_rot @ head_centre
+    views = torch.from_numpy(view).float()
+    return [Camera(v, K.float(), resolution, resolution) for v in views]
