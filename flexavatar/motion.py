@@ -34,7 +34,7 @@ from flexavatar.assets import SHIPPED_WEIGHTS
 from flexavatar.camera import Camera
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, mediapipe_to_ict_matrix
 from flexavatar.model import Avatar
-from flexavatar.tracking.pose import axis_angle_to_matrix
+from flexavatar.rotations import axis_angle_to_matrix
 
 CALIBRATION_FILE = "motion_calibration.json"
 #: Fraction of the driver's translation / depth change the avatar follows by default.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -9,17 +10,19 @@ import pytest
 import torch
 
 from flexavatar import pipeline
+from flexavatar.__main__ import main
 from flexavatar.eval.motion import key_scores, motion_metrics
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.motion import (
     MAX_SHIFT_FRACTION,
+    driving_cameras,
+    driving_expressions,
     identity_calibration,
     load_calibration,
     scores_to_ict,
-    driving_expressions,
 )
 from flexavatar.tracking import detect_face, track_video
-from flexavatar.tracking.pose import axis_angle_to_matrix
+from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from flexavatar.tracking.video_track import excursion_frames
 from flexavatar.video import iter_frames, probe_video, write_mp4
 
@@ -151,12 +154,8 @@ def test_covered_face_keeps_the_head_framed(tmp_path, model, astronaut, occluded
 def test_head_translation_is_damped_and_bounded(astronaut, model):
     head_centre = model.head.head_centre().double().numpy()
     rotations = np.tile(astronaut.source_camera.viewmat[:3, :3].numpy()[None], (3, 1, 1))
-    from flexavatar.tracking.pose import matrix_to_axis_angle
-
     rotvecs = matrix_to_axis_angle(rotations.astype(np.float64))
     translations = np.array([[0.0, 0.0, 0.5], [0.02, 0.0, 0.5], [1.0, 0.0, 0.2]])  # 2 cm, then wild
-    from flexavatar.motion import driving_cameras
-
     for follow in (False, True):
         cameras = driving_cameras(astronaut, head_centre, rotvecs, translations, True, 256, follow_translation=follow)
         centres = np.stack([c.project(torch.from_numpy(head_centre).float()[None])[0].numpy() for c in cameras])
@@ -185,8 +184,6 @@ def test_motion_metrics_of_a_perfect_copy_and_a_frozen_avatar(shared_media):
     perfect = motion_metrics(driver, driver)
     assert perfect["aed_rel"] == 0 and perfect["apd_deg"] < 0.01 and perfect["out_of_frame"] == 0
     assert all(perfect[k] > 0.999 for k in perfect if k.startswith("r_") and not np.isnan(perfect[k]))
-    import dataclasses
-
     frozen = dataclasses.replace(driver, blendshapes=np.repeat(driver.blendshapes[:1], 40, 0),
                                  rotations=np.repeat(driver.rotations[:1], 40, 0))  # fmt: skip
     metrics = motion_metrics(driver, frozen)
@@ -194,8 +191,6 @@ def test_motion_metrics_of_a_perfect_copy_and_a_frozen_avatar(shared_media):
 
 
 def test_cli_has_motion_eval_and_calibrate():
-    from flexavatar.__main__ import main
-
     for argv in (["eval", "--motion", "--help"], ["calibrate", "--help"]):
         with pytest.raises(SystemExit) as exc:
             main(argv)

@@ -33,7 +33,7 @@ import numpy as np
 from flexavatar import pipeline
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
 from flexavatar.tracking import track_video
-from flexavatar.tracking.pose import rotation_angle_deg
+from flexavatar.rotations import rotation_angle_deg
 from flexavatar.train import media_dir
 from flexavatar.video import iter_frames
 
