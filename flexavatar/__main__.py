@@ -7,6 +7,7 @@ import json
 import sys
 
 from flexavatar import options as request_options
+from flexavatar.assets import AssetNotFoundError
 from flexavatar.errors import InvalidInputError
 
 
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         args.func(args, rest)
-    except InvalidInputError as exc:
+    except (InvalidInputError, AssetNotFoundError) as exc:  # bad input, or a broken install: a message
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

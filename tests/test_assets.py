@@ -4,6 +4,7 @@ the shipped copies match the reference ones; publish --dry-run; the cache folder
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -154,3 +155,16 @@ def test_publish_refuses_incomplete_folder_and_bad_repo_id(tmp_path):
     assert str(tmp_path) in str(info.value)
     with pytest.raises(InvalidInputError, match="user-or-org/name"):
         plan_publish("no-slash")
+
+
+def test_cli_without_any_copy_prints_the_message_not_a_traceback(tmp_path, no_overrides):
+    code = ("import sys, pathlib, flexavatar.assets as a; a.SHIPPED_WEIGHTS = pathlib.Path(sys.argv[1]); "
+            "from flexavatar.__main__ import main; sys.exit(main(sys.argv[2:]))")  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "no-weights"), "create", str(REPO / "examples" / "astronaut.png"),
+         "--out", str(tmp_path / "me.avatar")],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: Could not find" in proc.stderr and "Traceback" not in proc.stderr
+    assert "git checkout -- weights/" in proc.stderr
