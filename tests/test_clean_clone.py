@@ -9,6 +9,7 @@ this tests what was committed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -126,15 +127,15 @@ def test_app_serves_when_gsplat_kernels_do_not_build(app_url, monkeypatch, tmp_p
     from flexavatar.render import rasterizer
 
     torch_calls = []
-    rasterize_torch = rasterizer.rasterize_torch
+    torch_tiles = rasterizer.TILE_BACKENDS["torch"]
 
-    def counting_torch(*args, **kwargs):
+    def counting_composite(*args, **kwargs):
         torch_calls.append(1)
-        return rasterize_torch(*args, **kwargs)
+        return torch_tiles.composite(*args, **kwargs)
 
     monkeypatch.setattr(rasterizer, "_is_cuda", lambda tensor: True)
     monkeypatch.setattr(rasterizer, "_gsplat_unavailable_reason", None)
-    monkeypatch.setattr(rasterizer, "rasterize_torch", counting_torch)
+    monkeypatch.setitem(rasterizer.TILE_BACKENDS, "torch", dataclasses.replace(torch_tiles, composite=counting_composite))
     client = Client(app_url, verbose=False, download_files=str(tmp_path))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
