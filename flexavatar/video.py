@@ -350,6 +350,9 @@ class VideoWriter:
         codec = stream.codec_context
         codec.colorspace, codec.color_range = Colorspace.ITU709, ColorRange.MPEG
         codec.color_primaries, codec.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
+        # PyAV's default (slice threads) makes x264 cut every frame in slices: frame threads, as
+        # the ffmpeg command line uses, give one slice per frame and smaller files.
+        codec.thread_type = "AUTO"
         self._stream = stream
         if self._audio_source is not None:
             self._audio = AudioTrack(
