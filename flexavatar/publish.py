@@ -28,6 +28,8 @@ REQUIRED_FILES = (
     "mediapipe/LICENSE",
     "mediapipe/NOTICE",
 )
+#: Uploaded when present: the expression calibration measured for this network (flexavatar.motion).
+OPTIONAL_FILES = ("motion_calibration.json",)
 
 
 @dataclass
@@ -51,7 +53,8 @@ class PublishPlan:
 
 
 def plan_publish(repo_id: str, folder: str | os.PathLike | None = None) -> PublishPlan:
-    """Check ``folder`` (default: the shipped ``weights/``) holds every required file.
+    """Check ``folder`` (default: the shipped ``weights/``) holds every required file; the plan
+    lists those and the optional ones present.
 
     Raises :class:`InvalidInputError` naming the missing files and the folder.
     """
@@ -64,9 +67,8 @@ def plan_publish(repo_id: str, folder: str | os.PathLike | None = None) -> Publi
             f"{folder} lacks {', '.join(missing)}; publish a folder laid out like the shipped "
             f"weights/ (copy the missing files from {SHIPPED_WEIGHTS})."
         )
-    return PublishPlan(
-        repo_id, folder, list(REQUIRED_FILES), [(folder / n).stat().st_size for n in REQUIRED_FILES]
-    )
+    files = list(REQUIRED_FILES) + [name for name in OPTIONAL_FILES if (folder / name).is_file()]
+    return PublishPlan(repo_id, folder, files, [(folder / name).stat().st_size for name in files])
 
 
 def publish(plan: PublishPlan, private: bool = False) -> str:

@@ -16,7 +16,7 @@ import pytest
 from flexavatar import assets
 from flexavatar.errors import InvalidInputError
 from flexavatar.head import ICTHead
-from flexavatar.publish import REQUIRED_FILES, plan_publish
+from flexavatar.publish import OPTIONAL_FILES, REQUIRED_FILES, plan_publish
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "weights"
@@ -142,10 +142,11 @@ def test_publish_dry_run_lists_every_shipped_file():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     listed = [line.split("MB", 1)[1].strip() for line in proc.stdout.splitlines() if "MB " in line]
-    assert listed[:-1] == list(REQUIRED_FILES)
+    shipped = list(REQUIRED_FILES) + [name for name in OPTIONAL_FILES if (SHIPPED / name).is_file()]
+    assert listed[:-1] == shipped
     assert "-> someone/flexavatar-test" in listed[-1] and "nothing uploaded" in proc.stdout
     total_mb = float(proc.stdout.splitlines()[-2].split()[0])
-    assert total_mb == pytest.approx(sum((SHIPPED / f).stat().st_size for f in REQUIRED_FILES) / 1e6, abs=0.01)
+    assert total_mb == pytest.approx(sum((SHIPPED / f).stat().st_size for f in shipped) / 1e6, abs=0.01)
 
 
 def test_publish_refuses_incomplete_folder_and_bad_repo_id(tmp_path):
