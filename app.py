@@ -7,7 +7,9 @@ and ``gr.Progress`` to the pipeline's progress callback. Defaults come from
 :mod:`flexavatar.options`, shared with the pipeline and the CLI.
 
 Named API endpoints (``gradio_client``): ``/create_avatar``, ``/turntable``, ``/reenact``,
-``/generate``; see README.md "Calling it from code". Run locally with ``python app.py``.
+``/generate``; the play tabs (app_live.py) add ``/live`` (streaming), ``/render_still``,
+``/blend_still``, ``/blend_turntable``; see README.md "Calling it from code". Run locally with
+``python app.py``.
 """
 
 from __future__ import annotations

@@ -77,6 +77,28 @@ def test_live_endpoint_drops_frames_instead_of_queueing(app_url, driving_frames)
     assert len(late) <= 2 and all(t < 1.0 for t in late), f"answers after the camera stopped: {late}"
 
 
+@pytest.mark.slow
+def test_a_second_viewer_waits_for_the_first(app_url, driving_frames):
+    """One live session at a time on 2 CPU cores: a second viewer queues (it is not served
+    frames from a shared session), and starts as soon as the first one ends."""
+    from flexavatar import space_live
+
+    assert space_live.LIVE_SESSIONS == 1
+    first, second = LiveStream(app_url), LiveStream(app_url)
+    first.open(driving_frames[0])
+    first.wait_outputs(1, timeout=120)
+    second.open(driving_frames[10])
+    for index, frame in enumerate(driving_frames[1:6], start=2):
+        first.send(frame)
+        first.wait_outputs(index)
+    assert not second.started.wait(1.0), "the second viewer was served while the first one streamed"
+    first.close()
+    assert second.started.wait(30)
+    second.wait_outputs(1)
+    second.close()
+    assert frames_shown(second.outputs[0][2]) == 1  # its own session, not the first viewer's
+
+
 def test_live_endpoint_settings(app_module):
     """Live sessions: their own queue, a per-session time limit and a concurrency limit."""
     from flexavatar import space_live
