@@ -10,6 +10,7 @@ as a blurry photo or a driving video cut at the seconds limit, and how to change
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -25,8 +26,10 @@ from PIL import Image
 
 from flexavatar import pipeline
 from flexavatar.errors import InvalidInputError
+from flexavatar.export import load_ply, save_ply
 from flexavatar.model import FlexAvatarModel
 from flexavatar.options import RequestOptions
+from flexavatar.rotations import matrix_to_quat, quat_to_matrix
 
 #: Where each request writes its files (one sub-folder per request).
 OUTPUT_ROOT = Path(os.environ.get("FLEXAVATAR_APP_TMP") or Path(tempfile.gettempdir()) / "flexavatar-app")
@@ -35,8 +38,11 @@ OUTPUT_ROOT = Path(os.environ.get("FLEXAVATAR_APP_TMP") or Path(tempfile.gettemp
 OUTPUT_MAX_AGE_S = float(os.environ.get("FLEXAVATAR_OUTPUT_MAX_AGE_S", "600"))
 PREVIEW_RESOLUTION = 256
 #: Gradio's 3D viewer (gsplat.js) orbits the origin from 5 units away: the ~0.3 m head is
-#: shown 5x larger so that it fills the view.
-VIEWER_SCALE = 5.0
+#: shown this much larger so that head and neck fill the view.
+VIEWER_SCALE = 3.5
+#: Where gsplat.js's orbit camera starts (alpha, beta; radians, its OrbitControls defaults);
+#: Model3D's camera_position is not applied to splats, so the .ply is turned to face it instead.
+VIEWER_START_ORBIT = (0.5, 0.5)
 #: Pipeline stage -> what the progress bar says.
 STAGES = {
     "tracking": "Finding the face in the photos",
@@ -181,6 +187,28 @@ class Generated:
     notes: str
 
 
+def viewer_rotation(alpha: float, beta: float) -> torch.Tensor:
+    """[3,3] rotation of gsplat.js's orbit camera at (alpha, beta): R_y(-alpha) R_x(-beta).
+
+    The camera sits at 5·(sin α cos β, -sin β, -cos α cos β) looking at the origin with this
+    rotation; turning the scene by it shows what the camera at (0, 0) shows unturned: the face
+    of an ``export_ply(axes="viewer")`` head (+y down, looking along -z), upright and frontal."""
+    cy, sy, cx, sx = math.cos(-alpha), math.sin(-alpha), math.cos(-beta), math.sin(-beta)
+    rot_y = torch.tensor([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
+    rot_x = torch.tensor([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    return rot_y @ rot_x
+
+
+def save_viewer_ply(model: FlexAvatarModel, avatar, path: Path) -> Path:
+    """The avatar's .ply for the in-page viewer: pipeline's splat-viewer axes and
+    :data:`VIEWER_SCALE`, turned to face the viewer's starting camera."""
+    pipeline.export_ply(avatar, path, model=model, scale=VIEWER_SCALE)
+    means, quats, scales, opacities, colors = load_ply(path)
+    rotation = viewer_rotation(*VIEWER_START_ORBIT)
+    save_ply(path, means @ rotation.T, matrix_to_quat(rotation @ quat_to_matrix(quats)), scales, opacities, colors)
+    return path
+
+
 def save_preview(model: FlexAvatarModel, avatar, path: Path) -> Path:
     """A cheap PNG preview: the first frame of the turntable (``pipeline.preview_image``)."""
     Image.fromarray(pipeline.preview_image(avatar, PREVIEW_RESOLUTION, model=model)).save(path)
@@ -228,7 +256,7 @@ def generate(model: FlexAvatarModel, photos, driving_video, options: RequestOpti
     report: dict = {}
     paths = pipeline.run(photo_paths(photos), driving, out, options, progress=progress, model=model, report=report)
     avatar = pipeline.read_avatar(paths["avatar"], model=model)
-    viewer = pipeline.export_ply(avatar, out / "avatar_view.ply", model=model, scale=VIEWER_SCALE)
+    viewer = save_viewer_ply(model, avatar, out / "avatar_view.ply")
     extra = () if driving else ("No driving video was given, so only the turntable was made.",)
     reenactment = str(paths["reenactment"]) if "reenactment" in paths else None
     return Generated(str(paths["turntable"]), reenactment, str(paths["ply"]), str(viewer), str(paths["avatar"]),

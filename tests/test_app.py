@@ -149,14 +149,14 @@ def test_api_names_and_parameters(client):
     }
     returns = {name: [r["label"] for r in ep["returns"]] for name, ep in api.items()}
     assert returns == {
-        "/create_avatar": ["Avatar file (.avatar)", "Preview image (front view)", "Notes"],
+        "/create_avatar": ["Download the avatar (.avatar)", "Preview image (front view)", "Notes"],
         "/turntable": ["Turntable video"],
         "/reenact": ["Reenactment video", "Notes"],
         "/generate": [
             "Turntable video",
             "Reenactment video",
-            "Gaussian splat file (.ply)",
-            "Avatar file (.avatar)",
+            "Download the Gaussian splat (.ply)",
+            "Download the avatar (.avatar)",
             "Notes",
         ],
     }

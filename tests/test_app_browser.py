@@ -57,7 +57,12 @@ def start_chromium(profile_dir, *extra_flags: str):
         *extra_flags,
     ):
         options.add_argument(flag)
+    downloads = tmp_path_factory.mktemp("chromium-downloads")
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.downloads = downloads  # where clicked downloads land
     driver.set_page_load_timeout(60)
     return driver
 
@@ -67,6 +72,43 @@ def browser(tmp_path_factory):
     driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()
+
+
+EXAMPLES_TABLE = """
+const t = document.querySelector('.table-wrap');
+return t ? [t.scrollWidth, t.clientWidth] : null;
+"""
+THUMBNAIL = """
+const img = document.querySelector('#photo-gallery img');
+const box = img.getBoundingClientRect(), frame = img.closest('.grid-wrap').getBoundingClientRect();
+return {fit: getComputedStyle(img).objectFit,
+        inside: box.top >= frame.top - 1 && box.bottom <= frame.bottom + 1};
+"""
+
+
+def viewer_pixels(driver) -> dict:
+    """The splat canvas as the page shows it (WebGL cannot be read back from script): its
+    corner brightness and whether a face-sized patch at the centre differs from it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    png = driver.find_element(By.CSS_SELECTOR, "#viewer canvas").screenshot_as_png
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
+    h, w = rgb.shape[:2]
+    corner = rgb[: h // 10, : w // 10].reshape(-1, 3).mean(0)
+    centre = rgb[h // 3 : 2 * h // 3, 2 * w // 5 : 3 * w // 5]
+    return {"background": float(corner.min()), "centre_change": float(np.abs(centre - corner).mean())}
+
+
+def shown(driver, selector: str) -> bool:
+    """Whether the element exists and takes up space on the page."""
+    return bool(driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return !!e && e.getBoundingClientRect().height > 0;",
+        selector,
+    ))  # fmt: skip
 
 
 def wait_for(condition, timeout: float, what: str, poll: float = 0.5):
@@ -101,6 +143,12 @@ def test_generate_in_browser(browser, app_url, shared_media, tmp_path):
     )
     assert "FlexAvatar" in driver.title
     assert "talking face" in driver.find_element(By.TAG_NAME, "body").text
+    # before any upload or result: no empty photo preview, no download buttons, no notes
+    assert not shown(driver, "#photo-gallery") and not shown(driver, "#ply-file") and not shown(driver, "#avatar-file")
+    assert not driver.find_element(By.CSS_SELECTOR, "#notes").text.strip()
+    # the examples table fits the page (no horizontal scrolling)
+    table = driver.execute_script(EXAMPLES_TABLE)
+    assert table and table[0] <= table[1] + 1, table
 
     driver.find_element(By.CSS_SELECTOR, "#photos input[type=file]").send_keys(
         str(REPO / "examples/astronaut.png")
@@ -109,6 +157,8 @@ def test_generate_in_browser(browser, app_url, shared_media, tmp_path):
         str(shared_media / "single_face.mp4")
     )
     wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#photo-gallery img"), 60, "the photo thumbnail")
+    thumbnail = driver.execute_script(THUMBNAIL)
+    assert thumbnail["fit"] == "contain" and thumbnail["inside"], thumbnail  # the whole photo, not a crop
     wait_for(lambda: driver.execute_script(VIDEO_STATE, "#driving"), 60, "the uploaded driving video")
 
     # keep it quick on a shared CPU: a short turntable and 1 s of the driving video
@@ -142,9 +192,23 @@ def test_generate_in_browser(browser, app_url, shared_media, tmp_path):
         "the 3D viewer canvas",
     )
     assert min(canvas) > 50
-    wait_for(
-        lambda: driver.find_elements(By.CSS_SELECTOR, "#ply-file a, #avatar-file a"), 30, "download links"
-    )
+    wait_for(lambda: shown(driver, "#ply-file") and shown(driver, "#avatar-file"), 30, "the download buttons")
+    # the result files read as downloads (buttons), and clicking one downloads the file
+    for elem_id, name, magic in (("ply-file", "avatar.ply", b"ply"), ("avatar-file", "avatar.avatar", b"")):
+        button = driver.find_element(By.CSS_SELECTOR, f"#{elem_id}")
+        assert button.text.startswith("Download") and "Drop" not in button.text
+        button.click()
+        saved = wait_for(lambda name=name: [p for p in driver.downloads.glob(name) if p.stat().st_size > 1000],
+                         30, f"{name} in the browser's downloads")  # fmt: skip
+        assert saved[0].read_bytes().startswith(magic)
+    # warnings where the user looks: the notes box above the results says the clip was cut at
+    # the seconds limit and where to change it
+    notes = driver.find_element(By.CSS_SELECTOR, "#notes").text
+    assert "tracked the first 30 of 72 frames" in notes and "Use at most this many seconds" in notes, notes
+    # the 3D viewer: a light background, the avatar drawn in the middle of the canvas
+    time.sleep(2)  # let the splat viewer draw a few frames
+    viewer = viewer_pixels(driver)
+    assert viewer["background"] > 200 and viewer["centre_change"] > 40, viewer
     driver.execute_script("window.scrollTo(0, 0)")
     time.sleep(2)  # let the splat viewer draw a few frames before the screenshot
     shot = tmp_path / "flexavatar_app.png"
