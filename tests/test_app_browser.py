@@ -57,7 +57,7 @@ def start_chromium(profile_dir, *extra_flags: str):
         *extra_flags,
     ):
         options.add_argument(flag)
-    downloads = tmp_path_factory.mktemp("chromium-downloads")
+    downloads = Path(profile_dir) / "downloads"
     options.add_experimental_option(
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
     )
