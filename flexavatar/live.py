@@ -27,13 +27,8 @@ from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import NUM_EXPRESSIONS, mediapipe_to_ict
 from flexavatar.model import Avatar, FlexAvatarModel
 from flexavatar.options import WHITE
-from flexavatar.pipeline import (
-    _background,
-    _to_uint8,
-    driving_cameras,
-    driving_expressions,
-    load_model,
-)
+from flexavatar.motion import driving_cameras, driving_expressions
+from flexavatar.pipeline import _background, _to_uint8, load_model
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, relative_rotvecs
 from flexavatar.tracking.correspondence import load_correspondence
 from flexavatar.tracking.detect import blendshape_scores, close_task, create_landmarker, mp_image

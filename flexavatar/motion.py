@@ -22,6 +22,7 @@ are interpolated upstream, in :func:`flexavatar.tracking.track_video`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
 from flexavatar.assets import SHIPPED_WEIGHTS
 from flexavatar.camera import Camera
@@ -49,10 +51,19 @@ MIN_RESPONSE_SPAN = 0.05
 #: The inverse never amplifies a score change by more than this (ICT weight per score unit):
 #: where the avatar barely responds, a steeper inverse would only amplify tracking noise.
 MAX_GAIN = 2.5
+#: ...but for blinks: fully closed lids of many avatars render pale (lid texels lifted from the
+#: open eye) and re-track as *less* closed than half-closed ones, so deep blink weights are
+#: avoided (measured: blink r 0.69 -> 0.88 on single_face.mp4 x astronaut.png at gain 1.5).
+SCORE_MAX_GAIN = {"eyeBlinkLeft": 1.5, "eyeBlinkRight": 1.5}
 #: The driver's neutral level of each score: this percentile over the clip, never above frame 0.
 #: A driver who starts puckered or frowning then relaxes moves *down* from frame 0; measured
 #: from frame 0 that motion is lost on a neutral avatar (weights cannot go below 0).
 DRIVER_NEUTRAL_PERCENTILE = 5.0
+#: Blinks are events: their neutral level is the driver's local one (the lowest score within
+#: this many seconds, smoothed), because a driver's smile or squint narrows the eyes and raises
+#: the blink score for seconds; amplified by the calibration that would half-close the avatar's eyes.
+BLINK_BASELINE_S = 1.0
+BLINK_SCORES = ("eyeBlinkLeft", "eyeBlinkRight")
 
 _MP_TO_ICT = mediapipe_to_ict_matrix()  # [52,57] 0/1
 
@@ -83,7 +94,8 @@ class MotionCalibration:
         span = self.responses[:, -1] - self.responses[:, 0]
         self.informative = span >= MIN_RESPONSE_SPAN
         # slope at least 1/MAX_GAIN everywhere (also makes it strictly increasing for np.interp)
-        steps = np.diff(self.weights)[None] / MAX_GAIN
+        gains = np.array([SCORE_MAX_GAIN.get(n, MAX_GAIN) for n in self.names])
+        steps = np.diff(self.weights)[None] / gains[:, None]
         bounded = self.responses.copy()
         for k in range(1, len(self.weights)):  # K grid points
             bounded[:, k] = np.maximum(bounded[:, k], bounded[:, k - 1] + steps[:, k - 1])
@@ -127,11 +139,17 @@ def identity_calibration() -> MotionCalibration:
 
 def load_calibration(path: str | os.PathLike | None = None) -> MotionCalibration:
     """The calibration at ``path`` (default: ``weights/motion_calibration.json`` shipped with the
-    repository; the identity mapping when that file does not exist)."""
+    repository; the identity mapping when that file does not exist). Read once per file version."""
     path = Path(path) if path is not None else SHIPPED_WEIGHTS / CALIBRATION_FILE
     if not path.is_file():
         return identity_calibration()
-    data = json.loads(path.read_text())
+    return _read_calibration(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_calibration(path: str, mtime_ns: int) -> MotionCalibration:
+    del mtime_ns  # part of the cache key: a regenerated file is read again
+    data = json.loads(Path(path).read_text())
     return MotionCalibration(tuple(data["names"]), data["weights"], data["responses"], data["crosstalk"],
                              data.get("meta", {}))  # fmt: skip
 
@@ -157,6 +175,7 @@ def driving_expressions(
     relative: bool = True,
     neutralise: bool = False,
     calibration: MotionCalibration | None = None,
+    fps: float = 30.0,
 ) -> np.ndarray:
     """[T,57] float32 ICT expressions for the avatar from the driver's tracked expressions.
 
@@ -166,18 +185,26 @@ def driving_expressions(
     who starts frowning and relaxes is followed); False: the driver's scores. neutralise: the rest
     is neutral instead of the source photo's expression. calibration: default the shipped one
     (:func:`load_calibration`); :func:`identity_calibration` gives the uncalibrated mapping.
+    fps: the driver's frame rate (the blink baseline window is in seconds).
     """
     calibration = calibration if calibration is not None else load_calibration()
     names = calibration.names
     source = np.zeros(57) if neutralise else avatar.source_expression.detach().cpu().numpy().astype(np.float64)
     scores = ict_to_scores(driver, names)  # [T,S]
     if relative:
-        rest = calibration.response(ict_to_scores(source, names))  # [S]
+        source_weights = ict_to_scores(source, names)  # [S]
+        rest = calibration.response(source_weights)
         neutral = np.minimum(np.percentile(scores, DRIVER_NEUTRAL_PERCENTILE, axis=0), scores[0])
-        targets = rest[None] + scores - neutral[None]
-    else:
-        targets = scores
-    weights = calibration.inverse(targets)
+        neutral = np.repeat(neutral[None], len(scores), axis=0)
+        blinks = [names.index(n) for n in BLINK_SCORES if n in names]
+        window = max(1, int(round(BLINK_BASELINE_S * fps)))
+        local = minimum_filter1d(scores[:, blinks], window, axis=0, mode="nearest")
+        neutral[:, blinks] = np.maximum(neutral[:, blinks], uniform_filter1d(local, window, axis=0, mode="nearest"))
+        # the change of weight, added per ICT shape: a still driver leaves the rest exactly
+        # (also where the source's left and right of a paired shape differ)
+        change = calibration.inverse(rest[None] + scores - neutral) - source_weights[None]
+        return np.clip(source + scores_to_ict(change, names, np.zeros(57)), 0, 1).astype(np.float32)
+    weights = calibration.inverse(scores)
     return np.clip(scores_to_ict(weights, names, source), 0, 1).astype(np.float32)
 
 

@@ -356,7 +356,8 @@ def reenact(
                               follow_translation=follow_translation)  # fmt: skip
     if not isinstance(calibration, MotionCalibration):
         calibration = load_calibration(calibration)
-    expressions = torch.from_numpy(driving_expressions(avatar, track.expressions, relative, neutralise, calibration))
+    expressions = torch.from_numpy(driving_expressions(avatar, track.expressions, relative, neutralise, calibration,
+                                                          track.fps))  # fmt: skip
     bg = _background(background)
     total = len(cameras)
     out_path = _out_path(out_path, ".mp4")
