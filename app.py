@@ -146,11 +146,13 @@ def turntable(avatar_file, turntable_frames: int = DEFAULTS.turntable_frames, re
 def reenact(avatar_file, driving_video, relative_motion: bool = DEFAULTS.relative,
             smoothing: float = DEFAULTS.smoothing, side_by_side: bool = DEFAULTS.side_by_side,
             resolution: int = DEFAULTS.resolution, background: str = hex_colour(DEFAULTS.background),
-            max_seconds: float = DEFAULTS.max_seconds, progress=gr.Progress()):  # fmt: skip
+            max_seconds: float = DEFAULTS.max_seconds, neutral_expression: bool = DEFAULTS.neutralise,
+            follow_translation: bool = DEFAULTS.follow_translation, progress=gr.Progress()):  # fmt: skip
     """.avatar file + driving video (+ options) -> (reenactment mp4 with the video's sound, notes)."""
     space.require_avatar_file(avatar_file), space.require_video(driving_video)
     options = RequestOptions.from_values(relative=relative_motion, smoothing=smoothing, side_by_side=side_by_side,
-                                         resolution=resolution, background=background, max_seconds=max_seconds)  # fmt: skip
+                                         resolution=resolution, background=background, max_seconds=max_seconds,
+                                         neutralise=neutral_expression, follow_translation=follow_translation)  # fmt: skip
     with space.request_dir() as out:
         reenacted = _reenact(avatar_file, driving_video, options, out, progress)
     toast(reenacted.warnings)
@@ -162,13 +164,14 @@ def generate(photos, driving_video=None, refine_seconds: float = DEFAULTS.refine
              resolution: int = DEFAULTS.resolution, turntable_frames: int = DEFAULTS.turntable_frames,
              relative_motion: bool = DEFAULTS.relative, smoothing: float = DEFAULTS.smoothing,
              side_by_side: bool = DEFAULTS.side_by_side, background: str = hex_colour(DEFAULTS.background),
-             max_seconds: float = DEFAULTS.max_seconds, progress=gr.Progress()):  # fmt: skip
+             max_seconds: float = DEFAULTS.max_seconds, neutral_expression: bool = DEFAULTS.neutralise,
+             follow_translation: bool = DEFAULTS.follow_translation, progress=gr.Progress()):  # fmt: skip
     """Photos + driving video (+ options) -> (turntable mp4, reenactment mp4 or None, .ply,
     .avatar, notes) and, for the page only, the viewer's .ply."""
     options = RequestOptions.from_values(
         refine_seconds=refine_seconds or 0, resolution=resolution, turntable_frames=turntable_frames,
         relative=relative_motion, smoothing=smoothing, side_by_side=side_by_side, background=background,
-        max_seconds=max_seconds,
+        max_seconds=max_seconds, neutralise=neutral_expression, follow_translation=follow_translation,
     )  # fmt: skip
     with space.request_dir() as out:
         made = _generate(photos, driving_video, options, out, progress)
@@ -209,6 +212,10 @@ def build_demo() -> gr.Blocks:
                     relative = gr.Checkbox(value=DEFAULTS.relative,
                                            label="Relative motion (transfer changes of expression and pose)")  # fmt: skip
                     smoothing = gr.Slider(0, 1, value=DEFAULTS.smoothing, step=0.05, label="Motion smoothing")
+                    neutral_expression = gr.Checkbox(value=DEFAULTS.neutralise,
+                                                     label="Start from a neutral face (remove the photo's expression)")  # fmt: skip
+                    follow_translation = gr.Checkbox(value=DEFAULTS.follow_translation,
+                                                     label="Follow head translation fully (default: damped, kept in frame)")  # fmt: skip
                     side_by_side = gr.Checkbox(value=DEFAULTS.side_by_side, label="Side by side with the driving video")
                     background = gr.ColorPicker(value=hex_colour(DEFAULTS.background), label="Background colour")
                 with gr.Row():
@@ -247,7 +254,8 @@ def build_demo() -> gr.Blocks:
         refine.input(lambda on: gr.update(value=DEFAULT_REFINE_SECONDS if on else 0, interactive=on),
                      refine, refine_seconds, **private)  # fmt: skip
         refine_seconds.release(lambda s: gr.update(value=s > 0), refine_seconds, refine, **private)
-        options = [resolution, frames, relative, smoothing, side_by_side, background, max_seconds]
+        options = [resolution, frames, relative, smoothing, side_by_side, background, max_seconds, neutral_expression,
+                   follow_translation]  # fmt: skip
         generate_btn.click(generate, [photos, driving, refine_seconds, *options],
                            [turntable_out, reenact_out, ply_out, avatar_out, notes, viewer_file],
                            api_name="generate", concurrency_id="gpu").success(
@@ -262,7 +270,8 @@ def build_demo() -> gr.Blocks:
         turntable_btn.click(turntable, [avatar_in, frames, resolution, background], turntable_out,
                             api_name="turntable", concurrency_id="gpu")  # fmt: skip
         reenact_btn.click(reenact, [avatar_in, driving, relative, smoothing, side_by_side, resolution, background,
-                                    max_seconds], [reenact_out, notes], api_name="reenact", concurrency_id="gpu")  # fmt: skip
+                                    max_seconds, neutral_expression, follow_translation], [reenact_out, notes],
+                          api_name="reenact", concurrency_id="gpu")  # fmt: skip
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     return demo
 

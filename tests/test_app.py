@@ -133,6 +133,8 @@ def test_api_names_and_parameters(client):
             "resolution",
             "background",
             "max_seconds",
+            "neutral_expression",
+            "follow_translation",
         ],
         "/generate": [
             "photos",
@@ -145,6 +147,8 @@ def test_api_names_and_parameters(client):
             "side_by_side",
             "background",
             "max_seconds",
+            "neutral_expression",
+            "follow_translation",
         ],
     }
     returns = {name: [r["label"] for r in ep["returns"]] for name, ep in api.items()}
