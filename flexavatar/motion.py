@@ -64,6 +64,9 @@ DRIVER_NEUTRAL_PERCENTILE = 5.0
 #: the blink score for seconds; amplified by the calibration that would half-close the avatar's eyes.
 BLINK_BASELINE_S = 1.0
 BLINK_SCORES = ("eyeBlinkLeft", "eyeBlinkRight")
+#: Blink changes below this (score units) are a squint, not a blink: dropped (and the rest
+#: rescaled so a full blink stays full). Matters where no local baseline exists (live: 2 frames).
+BLINK_DEADZONE = 0.1
 
 _MP_TO_ICT = mediapipe_to_ict_matrix()  # [52,57] 0/1
 
@@ -200,9 +203,11 @@ def driving_expressions(
         window = max(1, int(round(BLINK_BASELINE_S * fps)))
         local = minimum_filter1d(scores[:, blinks], window, axis=0, mode="nearest")
         neutral[:, blinks] = np.maximum(neutral[:, blinks], uniform_filter1d(local, window, axis=0, mode="nearest"))
+        delta = scores - neutral
+        delta[:, blinks] = np.maximum(delta[:, blinks] - BLINK_DEADZONE, 0.0) / (1.0 - BLINK_DEADZONE)
         # the change of weight, added per ICT shape: a still driver leaves the rest exactly
         # (also where the source's left and right of a paired shape differ)
-        change = calibration.inverse(rest[None] + scores - neutral) - source_weights[None]
+        change = calibration.inverse(rest[None] + delta) - source_weights[None]
         return np.clip(source + scores_to_ict(change, names, np.zeros(57)), 0, 1).astype(np.float32)
     weights = calibration.inverse(scores)
     return np.clip(scores_to_ict(weights, names, source), 0, 1).astype(np.float32)
