@@ -26,7 +26,7 @@ import torch
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import NUM_EXPRESSIONS, mediapipe_to_ict
 from flexavatar.model import Avatar, FlexAvatarModel
-from flexavatar.motion import MotionCalibration, driving_cameras, driving_expressions, identity_calibration
+from flexavatar.motion import MotionCalibration, driving_cameras, driving_expressions, load_calibration
 from flexavatar.options import WHITE
 from flexavatar.pipeline import _background, _to_uint8, load_model
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, relative_rotvecs
@@ -83,10 +83,7 @@ class LiveSession:
 
     resolution: output side in pixels. smoothing: One Euro strength in [0,1] (0 = off).
     calibration: MediaPipe score -> ICT weight mapping (:mod:`flexavatar.motion`); default the
-    identity. Measured on single_face.mp4 driving the astronaut, re-tracked blink r = 0.86 with
-    it vs 0.79 with the shipped closed-loop calibration: that one is fitted for offline,
-    zero-phase-smoothed tracks, and its steep blink response turns the live tracker's one-frame
-    lag into overshoot (a 0.59 blink score becomes weight 1.0 a frame late).
+    shipped closed-loop one, as ``reenact`` uses.
     Use as a context manager, or call :meth:`close`, to free the landmarker.
     """
 
@@ -104,7 +101,7 @@ class LiveSession:
         self.avatar = avatar.to(self.model.device)
         self.resolution = int(resolution)
         self.background = background
-        self.calibration = calibration if calibration is not None else identity_calibration()
+        self.calibration = calibration if calibration is not None else load_calibration()
         self.head_centre = self.model.head.head_centre().double().cpu().numpy()
         self.correspondence = load_correspondence()
         min_cutoff = min_cutoff_for(float(smoothing))

@@ -17,7 +17,7 @@ from flexavatar import pipeline
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.live import LiveSession
-from flexavatar.motion import driving_expressions, identity_calibration
+from flexavatar.motion import driving_expressions
 from flexavatar.tracking.detect import blendshape_scores, close_task, create_landmarker, mp_image
 from flexavatar.video import iter_frames
 
@@ -85,7 +85,7 @@ def test_live_stream_follows_the_driver(shipped_model, astronaut_avatar, driving
 def test_reset_neutral_returns_to_rest(shipped_model, astronaut_avatar, driving_frames):
     """After reset_neutral the next face is the neutral: the avatar shows its rest expression."""
     # the avatar's rest as the motion module defines it: a driver that does not move
-    rest = driving_expressions(astronaut_avatar, np.zeros((2, NUM_EXPRESSIONS)), True, calibration=identity_calibration())[-1]
+    rest = driving_expressions(astronaut_avatar, np.zeros((2, NUM_EXPRESSIONS)), True)[-1]
     with LiveSession(astronaut_avatar, model=shipped_model) as session:
         session.process(driving_frames[0], 0)
         moved = session.process(driving_frames[40], 40)  # the driver smiles here
