@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from test_live import TARGET_FPS, channel, mediapipe_scores
 
-from flexavatar.eval.live_client import LiveStream
+from flexavatar.eval.live_client import LiveStream, as_sent
 from flexavatar.video import iter_frames
 
 
@@ -32,7 +32,7 @@ def driving_frames(shared_media):
 @pytest.mark.slow
 def test_live_endpoint_streams_in_order_and_follows_the_driver(app_url, driving_frames):
     """Each frame sent after the previous answer (a browser on a fast link): every frame comes
-    back, in order; the re-tracked avatar blinks and smiles with the driver (r >= 0.8)."""
+    back, in order; the re-tracked avatar blinks and smiles with the driver (r >= 0.8, see below)."""
     stream = LiveStream(app_url)
     stream.open(driving_frames[0])
     stream.wait_outputs(1, timeout=120)  # the first frame also makes the example avatar
@@ -47,10 +47,17 @@ def test_live_endpoint_streams_in_order_and_follows_the_driver(app_url, driving_
     fps = (len(driving_frames) - 1) / seconds
     print(f"/live over HTTP: {fps:.1f} frames/s, {1000 / fps:.0f} ms per frame end to end (load {os.getloadavg()[0]:.1f})")
     rendered = [stream.image(i) for i in range(len(driving_frames))]
-    driver, avatar = mediapipe_scores(driving_frames), mediapipe_scores(rendered)
+    # the driver as the server saw it (JPEG, as a browser sends it) against the avatar it sent back
+    driver, avatar = mediapipe_scores([as_sent(f) for f in driving_frames]), mediapipe_scores(rendered)
+    # The frames reach the server at its own pace (a few per second on a loaded machine), and
+    # MediaPipe's VIDEO-mode smoothing is time-based: at that pace the avatar may trail by one
+    # frame (in-process, 150 ms steps: blink r 0.82 at lag 0, 0.87 at lag 1; 33 ms steps: 0.86;
+    # test_live.py asserts lag 0 at camera pace). Followed = r >= 0.8 within one frame.
     for names in (("eyeBlinkLeft", "eyeBlinkRight"), ("mouthSmileLeft", "mouthSmileRight")):
-        r = np.corrcoef(channel(driver, *names), channel(avatar, *names))[0, 1]
-        assert r >= 0.8, f"{names}: re-tracked avatar vs driver r = {r:.2f}"
+        a, b = channel(driver, *names), channel(avatar, *names)
+        r = [np.corrcoef(a[: len(a) - lag], b[lag:])[0, 1] for lag in (0, 1)]
+        print(f"{names[0]}: r = {r[0]:.2f} (lag 0), {r[1]:.2f} (lag 1 frame)")
+        assert max(r) >= 0.8, f"{names}: re-tracked avatar vs driver r = {r}"
     if os.getloadavg()[0] < 1.0:  # 2 shared cores: the speed target holds on a quiet machine
         assert fps >= TARGET_FPS
 

@@ -24,11 +24,20 @@ from PIL import Image
 JPEG_QUALITY = 90
 
 
-def frame_payload(frame: np.ndarray) -> dict:
-    """A camera frame as the browser's webcam sends it while streaming: a JPEG data URL."""
+def jpeg_bytes(frame: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, "JPEG", quality=JPEG_QUALITY)
-    url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def as_sent(frame: np.ndarray) -> np.ndarray:
+    """``frame`` as the server receives it (JPEG-compressed and decoded)."""
+    return np.asarray(Image.open(io.BytesIO(jpeg_bytes(frame))).convert("RGB"))
+
+
+def frame_payload(frame: np.ndarray) -> dict:
+    """A camera frame as the browser's webcam sends it while streaming: a JPEG data URL."""
+    url = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(frame)).decode()
     return {"url": url, "is_stream": False, "meta": {"_type": "gradio.FileData"}}
 
 
