@@ -58,6 +58,7 @@ upload again below to animate the same avatar without recomputing it.
 No camera poses or expression labels needed. On the free CPU machine a run takes about half a minute.
 """
 
+space.limit_malloc_arenas()  # before any worker thread starts: RSS stays flat over many requests
 MODEL = pipeline.load_model()  # loaded once, at start-up
 
 

@@ -9,6 +9,7 @@ import sys
 from flexavatar import options as request_options
 from flexavatar.assets import AssetNotFoundError
 from flexavatar.errors import InvalidInputError
+from flexavatar.eval.bench import TOPICS
 
 
 class _Bar:
@@ -193,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda args, rest: _dispatch("flexavatar.calibration", rest))
 
     p = sub.add_parser("bench", help="print speed/memory figures for one part")
-    p.add_argument("topic", choices=["head", "render", "tracking", "model", "pipeline", "live", "video"])
+    p.add_argument("topic", choices=TOPICS)
     p.set_defaults(func=_bench)
     return parser
 

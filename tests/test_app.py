@@ -9,6 +9,7 @@ the pipeline is slow on a shared CPU.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import threading
@@ -425,3 +426,30 @@ def test_finished_request_files_are_cleaned_up(client, avatar_file, app_module, 
     examples = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()))
     left = {f for s in demo.temp_file_sets for f in s if Path(f).exists()}
     assert left <= examples, left - examples  # only the gr.Examples files stay
+
+
+@pytest.mark.slow
+def test_repeated_generate_keeps_memory_and_folders_bounded(client, app_module, monkeypatch):
+    """Five /generate requests after a first one: the server's RSS (this process) stays within
+    a few MB per request and only the last request's folder is kept. The long version is
+    ``python -m flexavatar bench soak`` (50 requests against ``python app.py``)."""
+    import gc
+
+    from gradio_client import handle_file
+
+    from flexavatar import space
+    from flexavatar.eval.bench_soak import process_rss_mb
+
+    monkeypatch.setattr(space, "OUTPUT_MAX_AGE_S", 0.0)
+    call = dict(photos=[handle_file(str(EXAMPLES / "astronaut.png"))],
+                driving_video=handle_file(str(EXAMPLES / "driving.mp4")), turntable_frames=8, max_seconds=1.0)  # fmt: skip
+    client.predict(**call, api_name="/generate")
+    gc.collect()
+    start = process_rss_mb(os.getpid())
+    for _ in range(5):
+        client.predict(**call, api_name="/generate")
+        assert len(list(space.OUTPUT_ROOT.glob("req-*"))) == 1  # the previous request's folder is gone
+    gc.collect()
+    growth = process_rss_mb(os.getpid()) - start
+    print(f"RSS growth over 5 /generate requests: {growth:+.1f} MiB")
+    assert growth < 5 * 5.0, f"RSS grew {growth:.1f} MiB over 5 requests"
