@@ -103,6 +103,7 @@ def request_dir(root: Path | None = None) -> Iterator[Path]:
             _active.discard(folder)
         if folder.exists():
             os.utime(folder)
+        release_freed_memory()
 
 
 # ------------------------------------------------------------------------------- input values
@@ -267,17 +268,30 @@ def generate(model: FlexAvatarModel, photos, driving_video, options: RequestOpti
                      *_notes(report, options, start, extra))  # fmt: skip
 
 
+def _glibc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return None
+
+
+_LIBC = _glibc()
+
+
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Cap glibc's malloc arenas for this long-running process; True when applied.
 
     Every request starts new threads (MediaPipe's VIDEO-mode graph, x264's frame threads), and
     glibc gives new threads new arenas that keep their freed memory: the server's RSS grew by
-    ~10 MB per /reenact without the cap, and stays flat with it (``bench soak``)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl): nothing to do
-        return False
-    return bool(libc.mallopt(M_ARENA_MAX, int(arenas)))
+    ~13 MB per /generate without the cap (``python -m flexavatar bench soak``). With the cap
+    and :func:`release_freed_memory` after each request it stays flat."""
+    return bool(_LIBC is not None and _LIBC.mallopt(M_ARENA_MAX, int(arenas)))
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the finished request back to the OS (glibc ``malloc_trim``)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def warm_up(model: FlexAvatarModel, photo) -> float:
