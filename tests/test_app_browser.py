@@ -127,9 +127,18 @@ def set_number(driver, elem_id: str, value) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=number]")
-    box.send_keys(Keys.CONTROL, "a")
-    box.send_keys(str(value), Keys.TAB)
+    def committed() -> bool:
+        slider = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=range]")
+        return float(slider.get_attribute("value")) == float(value)
+
+    for _ in range(5):  # a loaded page may still be hydrating and drop the first keystrokes
+        box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=number]")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(str(value), Keys.TAB)
+        time.sleep(0.5)
+        if committed():
+            return
+    pytest.fail(f"#{elem_id} did not take the value {value}")
 
 
 def test_generate_in_browser(browser, app_url, shared_media, tmp_path):
