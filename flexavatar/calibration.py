@@ -28,7 +28,7 @@ import torch
 from flexavatar import pipeline
 from flexavatar.assets import SHIPPED_WEIGHTS
 from flexavatar.errors import InvalidInputError
-from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
+from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel
 from flexavatar.motion import CALIBRATION_FILE, MotionCalibration, scores_to_ict
 from flexavatar.tracking import detect_face
@@ -46,8 +46,8 @@ def sweep_codes(weights: np.ndarray = SWEEP_WEIGHTS) -> np.ndarray:
     num, steps = len(SCORE_NAMES), len(weights) - 1
     per_score = np.zeros((num, steps, num))
     per_score[np.arange(num), :, np.arange(num)] = weights[1:]
-    codes = scores_to_ict(per_score.reshape(-1, num), SCORE_NAMES, np.zeros(57))
-    return np.concatenate([np.zeros((1, 57)), codes]).astype(np.float32)
+    codes = scores_to_ict(per_score.reshape(-1, num), SCORE_NAMES, np.zeros(NUM_EXPRESSIONS))
+    return np.concatenate([np.zeros((1, NUM_EXPRESSIONS)), codes]).astype(np.float32)
 
 
 def retrack_scores(frames: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
 from flexavatar.assets import SHIPPED_WEIGHTS
 from flexavatar.camera import Camera
-from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, mediapipe_to_ict_matrix
+from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS, mediapipe_to_ict_matrix
 from flexavatar.model import Avatar
 from flexavatar.rotations import axis_angle_to_matrix
 
@@ -192,7 +192,7 @@ def driving_expressions(
     """
     calibration = calibration if calibration is not None else load_calibration()
     names = calibration.names
-    source = np.zeros(57) if neutralise else avatar.source_expression.detach().cpu().numpy().astype(np.float64)
+    source = np.zeros(NUM_EXPRESSIONS) if neutralise else avatar.source_expression.detach().cpu().numpy().astype(np.float64)
     scores = ict_to_scores(driver, names)  # [T,S]
     if relative:
         source_weights = ict_to_scores(source, names)  # [S]
@@ -208,7 +208,7 @@ def driving_expressions(
         # the change of weight, added per ICT shape: a still driver leaves the rest exactly
         # (also where the source's left and right of a paired shape differ)
         change = calibration.inverse(rest[None] + delta) - source_weights[None]
-        return np.clip(source + scores_to_ict(change, names, np.zeros(57)), 0, 1).astype(np.float32)
+        return np.clip(source + scores_to_ict(change, names, np.zeros(NUM_EXPRESSIONS)), 0, 1).astype(np.float32)
     weights = calibration.inverse(scores)
     return np.clip(scores_to_ict(weights, names, source), 0, 1).astype(np.float32)
 

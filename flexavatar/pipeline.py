@@ -11,18 +11,25 @@ import functools
 import math
 import os
 import tempfile
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from flexavatar import assets
 from flexavatar.camera import Camera, focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
+from flexavatar.export import save_ply
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
-from flexavatar.options import DEFAULTS, RESOLUTIONS, RequestOptions
 from flexavatar.motion import MotionCalibration, driving_cameras, driving_expressions, load_calibration
+from flexavatar.options import DEFAULTS, RESOLUTIONS, RequestOptions
+from flexavatar.refine import refine
+from flexavatar.tracking import different_people_warnings, fit_head, track_video, warp_crop
+from flexavatar.video import VideoWriter, iter_frames, probe_video
 
 Progress = Callable[[str, float], None]
 
@@ -49,10 +56,6 @@ def load_model(weights: str | None = None, device: str | None = None) -> FlexAva
     :func:`flexavatar.assets.resolve_weights_dir` (``$FLEXAVATAR_WEIGHTS`` > shipped ``weights/``
     > Hub). Falls back to the untrained network, with a warning, when no checkpoint exists.
     """
-    import warnings
-
-    from flexavatar import assets
-
     device = torch.device(device) if device else default_device()
     try:
         folder = weights if weights and not Path(weights).is_dir() else str(assets.resolve_weights_dir(weights))
@@ -96,11 +99,6 @@ def create_avatar(
     test-time refinement for that long. ``report``, if given, receives plain facts: warnings,
     per-image fit residual (px), refinement PSNR before/after and seconds per stage.
     """
-    import time
-
-    from flexavatar.refine import refine
-    from flexavatar.tracking import different_people_warnings, fit_head
-
     model = _as_model(model)
     images = _image_list(images)
     timings: dict[str, float] = {}
@@ -209,8 +207,6 @@ def turntable(
     colours were lifted with). Frame i is at azimuth 360·i/frames, so the frame after the last
     is the first again. Returns the mp4 path.
     """
-    from flexavatar.video import VideoWriter
-
     model = _as_model(model)
     if not 1 <= int(frames) <= 1440:
         raise InvalidInputError(f"turntable frames must be between 1 and 1440, got {frames}")
@@ -335,9 +331,6 @@ def reenact(
     instead of damped (both stay bounded to keep the head framed); ``calibration``: a
     :class:`~flexavatar.motion.MotionCalibration` or its file (default: the shipped one).
     """
-    from flexavatar.tracking import track_video, warp_crop
-    from flexavatar.video import VideoWriter, iter_frames, probe_video
-
     model = _as_model(model)
     resolution = _check_resolution(resolution)
     # Probed once (clear errors for missing / empty / broken files); the VideoInfo goes on down.
@@ -400,8 +393,6 @@ def export_ply(
     Model3D) assume, so the head opens upright and facing you. axes="head": canonical head
     space (+y up, +z out of the face). ``scale`` multiplies positions and sizes (metres at 1).
     """
-    from flexavatar.export import save_ply
-
     if axes not in ("viewer", "head"):
         raise ValueError(f"axes must be 'viewer' or 'head', got {axes!r}")
     model = _as_model(model)
@@ -436,8 +427,6 @@ def run(
     driving video only the reenactment is skipped.
     Returns {"avatar", "ply", "turntable", "reenactment"} -> paths.
     """
-    from flexavatar.video import probe_video
-
     options = options.replace(**changes) if changes else options
     model = _as_model(model)
     _image_list(images)  # fail on bad counts before any work

@@ -273,7 +273,7 @@ def test_render_pairs_expressions_and_cameras_in_one_rasterize_call(untrained_mo
 
     model, avatar = untrained_model, synthetic_avatar
     cams = small_cameras(model, (0, 35, -40))
-    expressions = torch.zeros(3, 57)
+    expressions = torch.zeros(3, NUM_EXPRESSIONS)
     expressions[1, 26] = 0.8  # jaw open
     expressions[2, 20] = 0.7
     calls = []

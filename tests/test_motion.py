@@ -70,7 +70,7 @@ def test_calibration_is_monotone_and_round_trips():
     back = calibration.inverse(calibration.response(weights))
     assert np.abs(back - weights).max() < 1e-4
     # a neutral driver drives a neutralised avatar to neutral
-    scores = np.zeros((5, 57))
+    scores = np.zeros((5, NUM_EXPRESSIONS))
     out = driving_expressions(None, scores, relative=False, neutralise=True, calibration=identity_calibration())
     assert np.abs(out).max() == 0
 
@@ -81,12 +81,12 @@ def test_calibrated_jaw_retracks_as_the_target_score(model, astronaut):
     jaw = calibration.names.index("jawOpen")
     targets = np.zeros((2, len(calibration.names)))
     targets[:, jaw] = (0.15, 0.35)
-    codes = scores_to_ict(calibration.inverse(targets), calibration.names, np.zeros(57)).astype(np.float32)
+    codes = scores_to_ict(calibration.inverse(targets), calibration.names, np.zeros(NUM_EXPRESSIONS)).astype(np.float32)
     frames = _render(model, astronaut, codes)
     column = MEDIAPIPE_BLENDSHAPE_NAMES.index("jawOpen")
     retracked = np.array([detect_face(f, with_mask=False).blendshapes[column] for f in frames])
     uncalibrated = np.array([detect_face(f, with_mask=False).blendshapes[column]
-                             for f in _render(model, astronaut, scores_to_ict(targets, calibration.names, np.zeros(57)).astype(np.float32))])  # fmt: skip
+                             for f in _render(model, astronaut, scores_to_ict(targets, calibration.names, np.zeros(NUM_EXPRESSIONS)).astype(np.float32))])  # fmt: skip
     assert np.abs(retracked - targets[:, jaw]).max() < 0.12, retracked
     assert np.abs(retracked - targets[:, jaw]).mean() < np.abs(uncalibrated - targets[:, jaw]).mean()
 
@@ -171,7 +171,7 @@ def test_head_translation_is_damped_and_bounded(astronaut, model):
 
 def test_calibration_costs_under_a_millisecond_per_frame(astronaut):
     calibration = load_calibration()
-    driver = np.random.default_rng(1).uniform(0, 1, (600, 57)).astype(np.float32)
+    driver = np.random.default_rng(1).uniform(0, 1, (600, NUM_EXPRESSIONS)).astype(np.float32)
     driving_expressions(astronaut, driver[:10], calibration=calibration)
     start = time.perf_counter()
     driving_expressions(astronaut, driver, calibration=calibration)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from flexavatar.export import PLY_PROPERTIES, SH_C0, load_ply, save_ply
+from flexavatar.head.blendshapes import NUM_EXPRESSIONS
 
 
 def gaussians(n=257, seed=0):
@@ -102,7 +103,7 @@ def test_export_ply_applies_the_viewer_scale(untrained_model, tmp_path):
     camera = orbit_camera(0, 0, 0.7, model.head.head_centre(), focal_from_fov(22, size), size, size)
     with torch.no_grad():
         avatar = model.encode(torch.full((1, 3, size, size), 0.6), torch.ones(1, 1, size, size), [camera],
-                              torch.zeros(model.config.num_identity), torch.zeros(1, 57))  # fmt: skip
+                              torch.zeros(model.config.num_identity), torch.zeros(1, NUM_EXPRESSIONS))  # fmt: skip
     plain = load_ply(pipeline.export_ply(avatar, tmp_path / "plain.ply", model=model))
     viewer = load_ply(pipeline.export_ply(avatar, tmp_path / "viewer.ply", model=model, scale=VIEWER_SCALE))
     assert torch.allclose(viewer[0], plain[0] * VIEWER_SCALE, rtol=1e-6, atol=1e-6)

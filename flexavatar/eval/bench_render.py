@@ -29,6 +29,14 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from flexavatar.camera import focal_from_fov, orbit_camera, stack_cameras
+from flexavatar.render import rasterize
+from flexavatar.render.numba_backend import (
+    bin_gaussians_to_tiles_numba,
+    composite_tiles_numba,
+    numba_available,
+)
+from flexavatar.render.projection import bin_gaussians_to_tiles, project_gaussians
+from flexavatar.render.torch_backend import composite_tiles_torch
 
 
 def head_scene(n: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -123,8 +131,6 @@ def _time_ms(fn: Callable[[], None], repeats: int, warmup: bool = True) -> float
 
 
 def _ours(backend: str, scene, viewmats, Ks, size: int, backward: bool) -> Callable[[], None]:
-    from flexavatar.render import rasterize
-
     def run() -> None:
         if backward:
             inputs = [t.clone().requires_grad_(True) for t in scene]
@@ -152,9 +158,6 @@ def _naive(scene, viewmats, Ks, size: int, backward: bool, rows) -> Callable[[],
 
 def stage_breakdown(n: int = 10_000, size: int = 256, repeats: int = 7) -> list[tuple[str, float]]:
     """Median ms of each stage of the numba backend (forward and backward)."""
-    from flexavatar.render.numba_backend import bin_gaussians_to_tiles_numba, composite_tiles_numba
-    from flexavatar.render.projection import project_gaussians
-
     scene = head_scene(n)
     viewmats, Ks = head_camera(size)
     means, quats, scales, opacities, colors = (t.clone().requires_grad_(True) for t in scene)
@@ -190,8 +193,6 @@ def frame_batch_comparison(backend: str, n: int = 10_000, size: int = 256, frame
     """ms/frame for ``frames`` per-frame Gaussian sets [F,N,...] (as a reenactment renders them)
     in one rasterize call and in one call per frame, forward only: {(way, "wall"|"cpu"): ms}.
     CPU time (all threads) is steadier than wall time on a shared machine."""
-    from flexavatar.render import rasterize
-
     scenes = [head_scene(n, seed) for seed in range(frames)]
     batch = [torch.stack(parts) for parts in zip(*scenes, strict=True)]  # [F,N,...] each
     cameras = [orbit_camera(20.0 + 5 * f, 5.0, 0.7, (0.0, 0.0, 0.0), focal_from_fov(25.0, size), size, size)
@@ -225,9 +226,6 @@ NAIVE_ELEMENTS = 1.5e7
 
 def torch_breakdown(n: int = 10_000, size: int = 256, repeats: int = 3) -> list[tuple[str, float]]:
     """Median ms of the pure-torch backend's stages (forward) and its padded work size."""
-    from flexavatar.render.projection import bin_gaussians_to_tiles, project_gaussians
-    from flexavatar.render.torch_backend import composite_tiles_torch
-
     scene = head_scene(n)
     means, quats, scales, opacities, colors = scene
     viewmats, Ks = head_camera(size)
@@ -261,8 +259,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-
-    from flexavatar.render.numba_backend import numba_available
 
     backends = (["numba"] if numba_available() else []) + ["torch"]
     cases = [(10_000, 256)] if args.quick else [(10_000, 256), (10_000, 512), (40_000, 256), (40_000, 512)]

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from flexavatar.head.model import load_ict_arrays
+
 GRID = 8  # the atlas is GRID x GRID cells; block origins below are in cells (row, col, size)
 
 #: name -> (material name, row, col, size in cells, UV tile index along u)
@@ -92,8 +94,6 @@ def _rasterize_chart(
 
 @functools.lru_cache(maxsize=8)
 def _build_atlas(npz_path: str, resolution: int):
-    from flexavatar.head.model import load_ict_arrays
-
     if resolution % GRID:
         raise ValueError(f"atlas resolution must be a multiple of {GRID}, got {resolution}")
     arrays = load_ict_arrays(npz_path)

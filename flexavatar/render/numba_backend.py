@@ -25,6 +25,9 @@ from .projection import (
     tile_ranges,
 )
 
+# numba_kernels is imported where it is used, not above: numba is optional (numba_available()
+# decides, the torch compositor is the fallback) and importing it costs ~0.5 s that the CUDA and
+# torch paths never need. tests/test_structure.py allow-lists these imports.
 _numba_available: bool | None = None
 
 
