@@ -68,6 +68,7 @@ def refine(
     learning_rate: float = 0.01,
     regularisation: float = 0.05,
     background=(1.0, 1.0, 1.0),
+    masks: torch.Tensor | None = None,
 ) -> RefineResult:
     """Photometric fit of ``avatar`` to its inputs.
 

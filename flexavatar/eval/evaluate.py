@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from flexavatar import assets
+from flexavatar.eval.wholehead import PUBLIC_PHOTOS, evaluate_photo, format_photo_table, head_parts, silhouette_iou
 from flexavatar.metrics import masked_l1, psnr, ssim
 from flexavatar.model import FlexAvatarModel, resolve_config
 from flexavatar.refine import refine
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the table as JSON here")
     p.add_argument("--markdown", default=None, help="also write the table as markdown here")
     p.add_argument("--images", default=None, help="write target | untrained | trained | refined PNGs here")
+    p.add_argument("--photos", nargs="*", default=list(PUBLIC_PHOTOS),
+                   help="photos (names in the shared media, or paths) for the whole-head table; none to skip")
+    p.add_argument("--no-video", action="store_true", help="skip the self-reenactment table")
     return p
 
 
@@ -101,11 +105,13 @@ def evaluate_model(model, groups, refine_seconds: float = 0.0, keep_images: bool
             avatar = model.encode(crops_d[:1], masks_d[:1], cams_d[:1], identity.to(device), expr_d[:1])
         if refine_seconds > 0:
             tic = time.perf_counter()
-            avatar = refine(model, avatar, crops_d[:1], cams_d[:1], expr_d[:1], seconds=refine_seconds).avatar
+            avatar = refine(model, avatar, crops_d[:1], cams_d[:1], expr_d[:1], seconds=refine_seconds,
+                            masks=masks_d[:1]).avatar  # fmt: skip
             seconds += time.perf_counter() - tic
         with torch.no_grad():
-            rgb, _ = model.render(avatar, cams_d[1:], expr_d[1:])
-        rgb = rgb.cpu()
+            rgb, alpha = model.render(avatar, cams_d[1:], expr_d[1:])
+            parts = head_parts(model, crops_d[1:], masks_d[1:], cams_d[1:], identity.to(device), expr_d[1:])
+        rgb, alpha, whole = rgb.cpu(), alpha.cpu(), parts.head.cpu()
         for j in range(1, len(cameras)):
             target = crops[j].permute(1, 2, 0)
             region = head_region(model.head, identity, expressions[j], cameras[j])[0].cpu()
@@ -116,10 +122,12 @@ def evaluate_model(model, groups, refine_seconds: float = 0.0, keep_images: bool
                 "psnr": psnr(prediction, target, mask[..., None]),
                 "ssim": ssim(prediction, target, mask[..., None]),
                 "l1": masked_l1(prediction, target, mask[..., None]),
+                "head_psnr": psnr(prediction, target, whole[j - 1, 0][..., None]),
+                "iou": silhouette_iou(alpha[j - 1], whole[j - 1, 0]),
             })  # fmt: skip
             if keep_images:
                 images.append((int(fit["frames"][j]), target.numpy(), prediction.numpy()))
-    summary = {key: float(np.mean([f[key] for f in per_frame])) for key in ("psnr", "ssim", "l1")}
+    summary = {key: float(np.mean([f[key] for f in per_frame])) for key in ("psnr", "ssim", "l1", "head_psnr", "iou")}
     return {
         **summary,
         "frames": len(per_frame),
@@ -130,10 +138,12 @@ def evaluate_model(model, groups, refine_seconds: float = 0.0, keep_images: bool
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| model | PSNR (dB) ↑ | SSIM ↑ | masked L1 ↓ | frames |", "|---|---:|---:|---:|---:|"]
+    lines = ["| model | face PSNR (dB) ↑ | SSIM ↑ | masked L1 ↓ | whole-head PSNR ↑ | silhouette IoU ↑ | frames |",
+             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for row in rows:
         lines.append(
-            f"| {row['name']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {row['l1']:.4f} | {row['frames']} |"
+            f"| {row['name']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {row['l1']:.4f} | {row['head_psnr']:.2f} | "
+            f"{row['iou']:.3f} | {row['frames']} |"
         )
     return "\n".join(lines)
 

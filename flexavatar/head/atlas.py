@@ -212,3 +212,34 @@ class UVAtlas(nn.Module):
     def position_map(self, vertices: torch.Tensor) -> torch.Tensor:
         """UV position map of a (deformed) mesh: vertices [B,V,3] -> [B,3,R,R], 0 off the atlas."""
         return self.scatter(self.surface_points(vertices))
+
+
+#: Charts whose mirror image is another chart (the eyes); every other chart mirrors onto itself.
+MIRROR_REGIONS = {"sclera_left": "sclera_right", "sclera_right": "sclera_left",
+                  "iris_left": "iris_right", "iris_right": "iris_left"}  # fmt: skip
+
+
+def mirror_texels(atlas: UVAtlas, canonical: torch.Tensor, tolerance: float = 2.0) -> torch.Tensor:
+    """Left-right mirror map of the atlas: [N] index of the texel nearest to each texel's mirror
+    image (x -> -x; ICT is symmetric) in the mirror chart, or the texel itself where none lies
+    within ``tolerance`` x the chart's median nearest-neighbour distance.
+
+    canonical [N,3]: texel points on the neutral template (metres).
+    """
+    from scipy.spatial import cKDTree
+
+    points = canonical.detach().cpu().double().numpy()
+    region = atlas.region.cpu().numpy()
+    mirror = np.arange(len(points))
+    for name, index in REGION_INDEX.items():  # one KD-tree per chart: 8 charts, not per texel
+        source = np.nonzero(region == index)[0]
+        target = np.nonzero(region == REGION_INDEX[MIRROR_REGIONS.get(name, name)])[0]
+        if len(source) == 0 or len(target) < 2:
+            continue
+        tree = cKDTree(points[target])
+        spacing = np.median(tree.query(points[target], k=2)[0][:, 1])
+        flipped = points[source] * np.array([-1.0, 1.0, 1.0])
+        distance, nearest = tree.query(flipped)
+        ok = distance < tolerance * spacing
+        mirror[source[ok]] = target[nearest[ok]]
+    return torch.from_numpy(mirror).to(atlas.region.device)

@@ -32,23 +32,16 @@ ZBUFFER_CELL_PX = 4  # z-buffer cell size: ~4 texels per cell at the default siz
 DEPTH_TOLERANCE_M = 0.01
 
 
-def lift_views(
-    atlas,
-    vertices: torch.Tensor,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-view texel colours and weights.
+def project_texels(
+    points: torch.Tensor, normals: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each texel lands in each view and whether that view sees it.
 
-    atlas: :class:`~flexavatar.head.atlas.UVAtlas`; vertices [V,Vtx,3] metres (mesh of each view);
-    images [V,3,S,S] in [0,1]; masks [V,1,S,S] in [0,1]; viewmats [V,4,4]; Ks [V,3,3] (pixels).
-    Returns colours [V,N,3] and weights [V,N] (0 where the view does not see the texel).
+    points, normals [V,N,3] (metres, head space); viewmats [V,4,4]; Ks [V,3,3] (pixels).
+    Returns pix [V,N,2] pixels, visible [V,N] bool (in the image and in front in a coarse
+    z-buffer of all texels) and cosine [V,N] >= 0 between the normal and the direction to the camera.
     """
-    num_views, _, height, width = images.shape
-    points, frames = atlas.surface_and_frames(vertices)  # [V,N,3], [V,N,3,3]
-    normals = frames[..., 2]
+    num_views = points.shape[0]
     rotation, translation = viewmats[:, :3, :3], viewmats[:, :3, 3]
     cam = points @ rotation.transpose(1, 2) + translation[:, None]  # [V,N,3]
     depth = cam[..., 2]
@@ -69,12 +62,37 @@ def lift_views(
     centres = -(rotation.transpose(1, 2) @ translation[..., None])[..., 0]  # [V,3]
     to_camera = F.normalize(centres[:, None] - points, dim=-1)
     cosine = (normals * to_camera).sum(-1).clamp_min(0.0)
+    return pix, visible, cosine
 
+
+def lift_views(
+    atlas,
+    vertices: torch.Tensor,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    heights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-view texel colours and weights.
+
+    atlas: :class:`~flexavatar.head.atlas.UVAtlas`; vertices [V,Vtx,3] metres (mesh of each view);
+    images [V,C,S,S] in [0,1] (RGB, or any channels lifted the same way); masks
+    [V,1,S,S] in [0,1]; viewmats [V,4,4]; Ks [V,3,3] (pixels); heights [N] metres: each texel's
+    point is that far out along its normal (the hair shell, :mod:`flexavatar.model.hair`).
+    Returns values [V,N,C] and weights [V,N] (0 where the view does not see the texel).
+    """
+    height, width = images.shape[-2:]
+    points, frames = atlas.surface_and_frames(vertices)  # [V,N,3], [V,N,3,3]
+    normals = frames[..., 2]
+    if heights is not None:
+        points = points + normals * heights[None, :, None]
+    pix, visible, cosine = project_texels(points, normals, viewmats, Ks, width, height)
     grid = torch.stack([pix[..., 0] / width * 2 - 1, pix[..., 1] / height * 2 - 1], -1)[:, :, None]  # [V,N,1,2]
     sampled = F.grid_sample(torch.cat([images, masks], 1), grid, mode="bilinear", align_corners=False)
-    sampled = sampled[..., 0].transpose(1, 2)  # [V,N,4]
-    weights = cosine.square() * sampled[..., 3] * visible.to(cosine.dtype)
-    return sampled[..., :3], weights
+    sampled = sampled[..., 0].transpose(1, 2)  # [V,N,C+1]
+    weights = cosine.square() * sampled[..., -1] * visible.to(cosine.dtype)
+    return sampled[..., :-1], weights
 
 
 def push_pull_fill(values: torch.Tensor, weights: torch.Tensor, levels: int = 7) -> torch.Tensor:
@@ -93,19 +111,45 @@ def push_pull_fill(values: torch.Tensor, weights: torch.Tensor, levels: int = 7)
     return values * weights + up * (1 - weights)
 
 
-def fuse_evidence(atlas, colours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def mirror_fill(values: torch.Tensor, coverage: torch.Tensor, mirror: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-right completion: where a texel is unseen, its mirror texel's value fills in.
+
+    values [N,C], coverage [N] in [0,1], mirror [N] index of each texel's mirror image (itself
+    where it has none). Returns values [N,C] and coverage [N] after the fill.
+    """
+    borrowed = (1 - coverage) * coverage[mirror]
+    total = coverage + borrowed
+    blended = (values * coverage[:, None] + values[mirror] * borrowed[:, None]) / total.clamp_min(1e-8)[:, None]
+    return torch.where(total[:, None] > 0, blended, values), total
+
+
+def fuse_evidence(
+    atlas,
+    colours: torch.Tensor,
+    weights: torch.Tensor,
+    mirror: torch.Tensor | None = None,
+    back_rgb: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Fuse per-view texel colours into one evidence map.
 
-    colours [V,N,3], weights [V,N] from :func:`lift_views`. Returns [4,R,R]: RGB (holes filled
-    within each chart) and coverage in [0,1] (0 off the atlas and where no view saw the texel).
+    colours [V,N,3], weights [V,N] from :func:`lift_views`. mirror [N] (optional): each texel's
+    left-right mirror (:func:`~flexavatar.head.atlas.mirror_texels`): the far side of a turned
+    face takes the near side's colours. back_rgb [3] (optional): the colour of the unseen back
+    of the head (the visible hair's, :mod:`flexavatar.model.hair`): what no view sees of the
+    back-of-head chart takes it, never a smear of the face or ears. Returns [4,R,R]: RGB (holes
+    filled within each chart) and coverage in [0,1] (0 off the atlas and where no view, nor the
+    mirror, saw the texel).
     """
     total = weights.sum(0)  # [N]
     fused = (colours * weights[..., None]).sum(0) / total.clamp_min(1e-8)[:, None]
     coverage = total.clamp(max=1.0)
+    if mirror is not None:
+        fused, coverage = mirror_fill(fused, coverage, mirror)
+    fill_weight = coverage
     num_regions = len(REGION_NAMES)
     # one channel stack per region so a chart fills only from itself
     region_onehot = F.one_hot(atlas.region, num_regions).to(fused.dtype)  # [N,G]
-    region_cov = atlas.scatter((coverage[:, None] * region_onehot)[None])[0]  # [G,R,R]
+    region_cov = atlas.scatter((fill_weight[:, None] * region_onehot)[None])[0]  # [G,R,R]
     rgb_map = atlas.scatter(fused[None])[0]  # [3,R,R]
     filled = push_pull_fill(rgb_map[None].expand(num_regions, -1, -1, -1), region_cov[:, None])  # [G,3,R,R]
     per_texel = atlas.gather(filled)  # [G,N,3]
@@ -114,11 +158,14 @@ def fuse_evidence(atlas, colours: torch.Tensor, weights: torch.Tensor) -> torch.
     prior = torch.tensor([REGION_PRIOR_RGB[n] for n in REGION_NAMES], dtype=fused.dtype, device=fused.device)
     seen = torch.zeros(num_regions, device=fused.device).index_add_(0, atlas.region, coverage) > 0.5
     colour = torch.where(seen[atlas.region][:, None], colour, prior[atlas.region])
+    if back_rgb is not None:
+        back = (atlas.region == REGION_NAMES.index("back_head"))[:, None]
+        colour = torch.where(back, back_rgb.to(colour)[None].expand_as(colour), colour)
     colour = torch.where(coverage[:, None] > 0, coverage[:, None] * fused + (1 - coverage[:, None]) * colour, colour)
     return atlas.scatter(torch.cat([colour, coverage[:, None]], 1)[None])[0]
 
 
-def uv_evidence(atlas, vertices, images, masks, viewmats, Ks) -> torch.Tensor:
-    """Lift and fuse in one call: arguments as :func:`lift_views`; returns [4,R,R]."""
-    colours, weights = lift_views(atlas, vertices, images, masks, viewmats, Ks)
-    return fuse_evidence(atlas, colours, weights)
+def uv_evidence(atlas, vertices, images, masks, viewmats, Ks, heights=None, mirror=None, back_rgb=None) -> torch.Tensor:
+    """Lift and fuse in one call: arguments as :func:`lift_views` and :func:`fuse_evidence`; returns [4,R,R]."""
+    colours, weights = lift_views(atlas, vertices, images, masks, viewmats, Ks, heights)
+    return fuse_evidence(atlas, colours, weights, mirror, back_rgb)

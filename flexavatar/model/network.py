@@ -12,10 +12,12 @@ from torch import nn
 
 from flexavatar.camera import Camera, stack_cameras
 from flexavatar.head import ICTHead, UVAtlas
+from flexavatar.head.atlas import mirror_texels
 from flexavatar.model.avatar import Avatar
 from flexavatar.model.config import FlexAvatarConfig
 from flexavatar.model.evidence import uv_evidence
 from flexavatar.model.field import ATTRIBUTE_SLICES, NUM_ATTRIBUTES, gaussians_from_attributes, texel_spacing
+from flexavatar.model.hair import WholeHead, shell_maps, whole_head
 from flexavatar.model.modules import Deformer, HeadQueries, ImageEncoder
 from flexavatar.render import rasterize
 
@@ -68,6 +70,8 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
             patch_positions = F.avg_pool2d(canonical, p) / F.avg_pool2d(coverage, p).clamp_min(1e-6)
         self.register_buffer("patch_positions", patch_positions[0].flatten(1).T.contiguous(), persistent=False)
         self.register_buffer("template_spacing", texel_spacing(self.atlas, neutral), persistent=False)
+        mirror = mirror_texels(self.atlas, self.atlas.surface_points(neutral)[0])
+        self.register_buffer("mirror", mirror, persistent=False)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -94,11 +98,25 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         return self.head.vertices(identity[None].expand(expressions.shape[0], -1), expressions)
 
     # ------------------------------------------------------------------ encode
-    def evidence(self, images, masks, cameras: list[Camera], identity, expressions) -> torch.Tensor:
-        """UV evidence [4,R,R] (RGB + coverage) of the inputs lifted through the fitted mesh."""
+    def whole_head(self, images, masks, cameras: list[Camera], identity, expressions) -> WholeHead:
+        """Hair heights, visual-hull carving and the skin/hair/clothes split of the inputs."""
         viewmats, Ks = stack_cameras(cameras)
         vertices = self.mesh(identity, expressions)
-        return uv_evidence(self.atlas, vertices, images, masks, viewmats.to(images), Ks.to(images))
+        neutral = self.head.vertices(identity[None])
+        landmarks = self.head.landmarks_multipie68
+        return whole_head(self.atlas, landmarks, neutral, vertices, images, masks, viewmats.to(images), Ks.to(images))
+
+    def evidence(self, images, masks, cameras: list[Camera], identity, expressions, shape: WholeHead | None = None):
+        """UV evidence [4,R,R] (RGB + coverage) of the inputs lifted through the fitted mesh onto
+        the hair shell of ``shape`` (default: carved from these inputs)."""
+        if shape is None:
+            shape = self.whole_head(images, masks, cameras, identity, expressions)
+        viewmats, Ks = stack_cameras(cameras)
+        vertices = self.mesh(identity, expressions)
+        # clothes lift no colour onto the neck; the eroded rim keeps the background out of the hair
+        head_masks = -F.max_pool2d(-shape.parts.head, 5, 1, 2)
+        return uv_evidence(self.atlas, vertices, images, head_masks, viewmats.to(images), Ks.to(images),
+                           shape.heights, self.mirror, shape.back_rgb)  # fmt: skip
 
     def encode(
         self,
@@ -119,10 +137,13 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         size = self.config.crop_size
         if images.shape[-1] != size or images.shape[-2] != size:
             raise ValueError(f"crops must be {size}x{size}, got {tuple(images.shape[-2:])}")
-        evidence = self.evidence(images, masks, cameras, identity, expressions)
+        shape = self.whole_head(images, masks, cameras, identity, expressions)
+        evidence = self.evidence(images, masks, cameras, identity, expressions, shape)
         tokens = self.encoder(images[None])
         static_delta, identity_features = self.queries(self.patch_positions, evidence[None], tokens)
-        base = torch.zeros_like(static_delta)
+        neutral = self.head.vertices(identity[None])
+        base = shell_maps(self.atlas, shape, self.spacing(neutral), self.config.scale_normal,
+                          self.config.offset_unit_m)[None]  # fmt: skip
         base[:, ATTRIBUTE_SLICES["colour"]] = evidence[None, :3]
         static_maps = (base + static_delta) * self.atlas.mask
         return Avatar(

@@ -1,0 +1,168 @@
+"""Whole-head evaluation: silhouette, whole-head PSNR and a turntable check on the public photos.
+
+For each photo, the avatar is made feed-forward (and optionally refined) and measured
+
+* at the source view: silhouette IoU of the rendered alpha (> 0.5) against the head part of
+  the person mask (person mask minus clothes and shoulders, :mod:`flexavatar.tracking.parsing`:
+  what an avatar of the head should cover), PSNR over that whole head (hair included) and the
+  face-only PSNR (person mask x the fitted ICT head's silhouette, as the self-reenactment table);
+* on a turntable (:data:`TURNTABLE_FRAMES` frames, 256²): the fraction of frames of the front
+  quarter (azimuth within 45° of the face) where MediaPipe finds a face, the same for the back
+  quarter (within 45° of the back: should be 0), and the colour noise of the back views relative
+  to the front views: the total variation of the chroma (each pixel's colour minus its grey)
+  inside the rendered head, back quarter / front quarter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from flexavatar.camera import stack_cameras
+from flexavatar.errors import InvalidInputError
+from flexavatar.metrics import psnr
+from flexavatar.model.hair import whole_head
+from flexavatar.tracking.parsing import PersonParts
+
+PUBLIC_PHOTOS = ("astronaut.png", "single_face.jpg", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg")
+TURNTABLE_FRAMES = 24
+TURNTABLE_RESOLUTION = 256
+QUARTER_DEG = 45.0
+
+
+def head_parts(model, crops, masks, cameras, identity, expressions) -> PersonParts:
+    """Skin / hair / clothes split of crops [V,3,S,S] with their fit (see :func:`whole_head`)."""
+    viewmats, Ks = stack_cameras(cameras)
+    vertices = model.mesh(identity, expressions)
+    neutral = model.head.vertices(identity[None])
+    landmarks = model.head.landmarks_multipie68
+    device = crops.device
+    return whole_head(model.atlas, landmarks, neutral, vertices, crops, masks, viewmats.to(device), Ks.to(device)).parts
+
+
+def silhouette_iou(alpha: torch.Tensor, target: torch.Tensor) -> float:
+    """IoU of two silhouettes (any matching shapes, values in [0,1], thresholded at 0.5)."""
+    a, b = alpha.reshape(-1) > 0.5, target.reshape(-1) > 0.5
+    return float((a & b).sum()) / max(1, int((a | b).sum()))
+
+
+def chroma_tv(rgb: torch.Tensor, alpha: torch.Tensor) -> float:
+    """Mean total variation of the chroma inside the rendered head.
+
+    rgb [B,H,W,3] in [0,1], alpha [B,H,W,1]. Chroma = colour minus its grey (mean of RGB);
+    TV = |horizontal| + |vertical| neighbour differences summed over channels, averaged over the
+    neighbour pairs with both pixels inside (alpha > 0.5).
+    """
+    chroma = rgb - rgb.mean(-1, keepdim=True)
+    inside = alpha[..., 0] > 0.5
+    dx = (chroma[:, :, 1:] - chroma[:, :, :-1]).abs().sum(-1)
+    dy = (chroma[:, 1:] - chroma[:, :-1]).abs().sum(-1)
+    mx = inside[:, :, 1:] & inside[:, :, :-1]
+    my = inside[:, 1:] & inside[:, :-1]
+    return float((dx[mx].sum() + dy[my].sum()) / max(1, int(mx.sum() + my.sum())))
+
+
+def _azimuth_distance(azimuth: np.ndarray, centre: float) -> np.ndarray:
+    return np.abs((azimuth - centre + 180.0) % 360.0 - 180.0)
+
+
+def turntable_check(model, avatar, frames: int = TURNTABLE_FRAMES, resolution: int = TURNTABLE_RESOLUTION) -> dict:
+    """Face found in the front / back quarter of a turntable, and back/front chroma TV.
+
+    Returns {"faces_front", "faces_back"} (fractions of those quarters' frames), "tv_front",
+    "tv_back", "tv_ratio" and "frames" (uint8 [F,S,S,3], for contact sheets).
+    """
+    from flexavatar.pipeline import turntable_cameras
+    from flexavatar.render import rasterize
+    from flexavatar.tracking import detect_face
+
+    cameras = turntable_cameras(model, frames, 10.0, resolution)
+    with torch.no_grad():
+        gaussians = {k: v[0] for k, v in model.deform(avatar, avatar.source_expression[None]).items()}
+        viewmats, Ks = (t.to(model.device) for t in stack_cameras(cameras))
+        background = torch.ones(3, device=model.device)
+        rgb, alpha, _ = rasterize(**gaussians, viewmats=viewmats, Ks=Ks, width=resolution, height=resolution,
+                                  background=background)  # fmt: skip
+    rgb, alpha = rgb.cpu(), alpha.cpu()
+    images = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    found = np.zeros(frames, dtype=bool)
+    for i, image in enumerate(images):  # MediaPipe takes one image at a time
+        try:
+            detect_face(image, name=f"turntable frame {i}", with_mask=False)
+            found[i] = True
+        except InvalidInputError:
+            pass
+    azimuth = 360.0 * np.arange(frames) / frames
+    front = _azimuth_distance(azimuth, 0.0) <= QUARTER_DEG
+    back = _azimuth_distance(azimuth, 180.0) <= QUARTER_DEG
+    tv_front = chroma_tv(rgb[torch.from_numpy(front)], alpha[torch.from_numpy(front)])
+    tv_back = chroma_tv(rgb[torch.from_numpy(back)], alpha[torch.from_numpy(back)])
+    return {
+        "faces_front": float(found[front].mean()),
+        "faces_back": float(found[back].mean()),
+        "tv_front": tv_front,
+        "tv_back": tv_back,
+        "tv_ratio": tv_back / max(tv_front, 1e-8),
+        "frames": images,
+    }
+
+
+def fit_photo(model, photo) -> dict:
+    """Track one photo: crops [1,3,S,S], masks [1,1,S,S], cameras, identity, expressions on the model's device."""
+    from flexavatar.tracking import fit_head
+
+    fit = fit_head([photo], resolution=model.config.crop_size, num_identity=model.config.num_identity)
+    device = model.device
+    crop = fit.crops[0]
+    return {
+        "crops": torch.from_numpy(crop.masked).permute(2, 0, 1)[None].float().div(255).to(device),
+        "masks": torch.from_numpy(crop.mask)[None, None].float().to(device),
+        "cameras": [c.to(device) for c in fit.cameras],
+        "identity": fit.identity.to(device),
+        "expressions": fit.expressions.to(device),
+    }
+
+
+def source_view_metrics(model, avatar, fit: dict) -> dict:
+    """Silhouette IoU, whole-head PSNR and face PSNR of ``avatar`` at its source view(s)."""
+    from flexavatar.train.losses import head_region
+
+    crops, masks, cameras = fit["crops"], fit["masks"], fit["cameras"]
+    with torch.no_grad():
+        parts = head_parts(model, crops, masks, cameras, fit["identity"], fit["expressions"])
+        rgb, alpha = model.render(avatar, cameras, fit["expressions"])
+    target = crops.permute(0, 2, 3, 1)
+    head = parts.head.permute(0, 2, 3, 1)
+    face = torch.stack([head_region(model.head, fit["identity"], e, c)[0] for e, c in zip(fit["expressions"], cameras)])
+    face = face.to(masks) * masks[:, 0]
+    return {
+        "iou": silhouette_iou(alpha, head),
+        "head_psnr": psnr(rgb, target, head),
+        "face_psnr": psnr(rgb, target, face[..., None]),
+    }
+
+
+def evaluate_photo(model, photo, refine_seconds: float = 0.0) -> dict:
+    """Source-view metrics and turntable check of one photo's avatar (refined if ``refine_seconds``)."""
+    from flexavatar.refine import refine
+
+    fit = fit_photo(model, photo)
+    with torch.no_grad():
+        avatar = model.encode(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
+    if refine_seconds > 0:
+        avatar = refine(model, avatar, fit["crops"], fit["cameras"], fit["expressions"], seconds=refine_seconds,
+                        masks=fit["masks"]).avatar  # fmt: skip
+    return {**source_view_metrics(model, avatar, fit), **turntable_check(model, avatar)}
+
+
+def format_photo_table(rows: list[dict]) -> str:
+    lines = [
+        "| photo | avatar | silhouette IoU ↑ | head PSNR ↑ | face PSNR ↑ | face found front ↑ | face found back ↓ | back/front chroma TV ↓ |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['photo']} | {r['name']} | {r['iou']:.3f} | {r['head_psnr']:.2f} | {r['face_psnr']:.2f} | "
+            f"{r['faces_front']:.0%} | {r['faces_back']:.0%} | {r['tv_ratio']:.2f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""Whole head beyond the bald template: hair height map carved from the head silhouettes.
+
+Every texel of the back-of-head chart (scalp, ears, neck) gets a height: its Gaussian sits that
+far along the surface normal. The height is carved from the head silhouette (person mask minus
+clothes, :mod:`flexavatar.tracking.parsing`) of every input view, as a visual hull along the
+normals: walking out from the surface point, the texel's ray stays inside the hull until it
+leaves the silhouette of some view. A view constrains a texel well when its normal is across
+the view ray (the silhouette rim); where no view does (the back of the head in a front photo)
+the height is interpolated over the chart from the constrained texels (push-pull), never
+above the hull. Texels of the face and back-of-head charts whose surface point falls outside
+a view's head silhouette (a neck below the collar, a template skull wider than the person's)
+are outside the hull and become transparent.
+
+Everything is anchored on the mesh, so the hair moves rigidly with the head (and the neck's
+Gaussians with the neck), while the face keeps its expression-driven Gaussians.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from flexavatar.head.atlas import REGION_INDEX
+from flexavatar.model.evidence import project_texels, push_pull_fill
+from flexavatar.model.field import ATTRIBUTE_SLICES, NUM_ATTRIBUTES
+from flexavatar.tracking.parsing import PersonParts, split_person_mask
+
+#: Longest hair the carving looks for, metres along the normal (shoulder-length hair beside the neck).
+MAX_HEIGHT_M = 0.15
+#: Samples along each normal ray.
+HEIGHT_STEPS = 40
+#: A view constrains a texel's height when sin² of the angle between normal and view ray is above this.
+RIM_SIN2 = 0.6
+#: A texel seen this squarely (cosine) on skin carries no hair.
+BARE_COSINE = 0.4
+#: The hair shell's in-plane size grows like the sphere it lies on: radius of that sphere (m).
+SHELL_RADIUS_M = 0.08
+#: Thickness along the normal: a lifted Gaussian is this fraction of its height thick (no gaps),
+#: up to SHELL_MAX_SIGMA_M (a thicker Gaussian reads as fog, not hair).
+SHELL_THICKNESS = 0.15
+SHELL_MAX_SIGMA_M = 0.006
+#: Hair grows behind this plane of the neutral head (z, metres: about the ear canals) or above
+#: the brows: not on the front of the neck or under the chin.
+HAIR_FRONT_Z_M = 0.0
+#: Opacity logit added where a texel lies outside the visual hull (sigmoid(logit(0.99) - 12) < 0.001).
+OUTSIDE_HULL_LOGIT = -12.0
+#: Fewer hair pixels than this (all views) and the back of the head is taken to be skin.
+MIN_HAIR_PIXELS = 400
+#: MultiPIE-68 landmarks (of the fitted mesh) that place the seeds of the mask split.
+BROWS, UPPER_LIP, LOWER_EYELIDS = (19, 24), 51, (40, 47)
+#: The skin seed spans the nose and inner cheeks only (hair may fall over the outer cheeks).
+CHEEK_HALF_WIDTH_M = 0.045
+
+
+@dataclass
+class WholeHead:
+    """Per-texel whole-head geometry and the parsed masks it was carved from.
+
+    heights [N] metres along the normal (0 off the back-of-head chart); rim [N] in [0,1] how
+    well a silhouette constrained each height; outside_hull [N] bool: the surface point lies
+    outside some view's head silhouette; parts: the skin / hair / clothes split of each view;
+    back_rgb [3]: the colour the unseen back of the head takes (mean hair colour; skin for a
+    head with too little hair to measure).
+    """
+
+    heights: torch.Tensor
+    rim: torch.Tensor
+    outside_hull: torch.Tensor
+    parts: PersonParts
+    back_rgb: torch.Tensor
+
+
+def _splat(pix: torch.Tensor, keep: torch.Tensor, size: int, grow: int) -> torch.Tensor:
+    """0/1 map [V,1,S,S] of the pixels hit by points pix [V,N,2] where keep [V,N], dilated by ``grow`` px."""
+    num_views = pix.shape[0]
+    col = pix[..., 0].floor().long().clamp(0, size - 1)
+    row = pix[..., 1].floor().long().clamp(0, size - 1)
+    flat = torch.zeros(num_views, size * size, device=pix.device)
+    flat.scatter_reduce_(1, row * size + col, keep.float(), reduce="amax")
+    out = flat.view(num_views, 1, size, size)
+    return F.max_pool2d(out, 2 * grow + 1, 1, grow) if grow else out
+
+
+def _project(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor) -> torch.Tensor:
+    """points [V,M,3] metres -> pixels [V,M,2] of each view."""
+    cam = points @ viewmats[:, :3, :3].transpose(1, 2) + viewmats[:, None, :3, 3]
+    return (cam @ Ks.transpose(1, 2))[..., :2] / cam[..., 2:3].clamp_min(1e-6)
+
+
+def parsing_seeds(atlas, canonical, landmarks, neutral_landmarks, pix, visible, cosine, masks):
+    """Seeds of :func:`~flexavatar.tracking.parsing.split_person_mask` from the fitted mesh.
+
+    canonical [N,3] texel points on the neutral template (metres); landmarks [V,68,2] the
+    fitted mesh's MultiPIE-68 landmarks in pixels, neutral_landmarks [68,3] the same on the
+    neutral mesh; pix [V,N,2], visible [V,N], cosine [V,N] from
+    :func:`~flexavatar.model.evidence.project_texels`; masks [V,1,S,S].
+    Returns skin_seed, hair_seed [V,1,S,S], hang_rows [V] and neck [V,1,S,S] (the
+    head's silhouette), the arguments of ``split_person_mask`` after the images and masks.
+    """
+    size = masks.shape[-1]
+    face = atlas.region == REGION_INDEX["face"]
+    back = atlas.region == REGION_INDEX["back_head"]
+    y = canonical[:, 1]
+    lip_y = neutral_landmarks[UPPER_LIP, 1]
+    eyelid_y = neutral_landmarks[list(LOWER_EYELIDS), 1].mean()
+    cheeks = face & (y > lip_y + 0.005) & (y < eyelid_y - 0.005) & (canonical[:, 0].abs() < CHEEK_HALF_WIDTH_M)
+    solid = (masks > 0.5).float()
+    skin_seed = _splat(pix, visible & (cosine > 0.5) & cheeks[None], size, 1) * solid
+    face_cover = _splat(pix, visible & face[None], size, 3)
+    head_cover = _splat(pix, visible, size, 3)
+    rows = torch.arange(size, device=masks.device, dtype=pix.dtype)[None, None, :, None]
+    brow_rows = landmarks[:, list(BROWS), 1].mean(1)  # [V]
+    hair_seed = (rows < brow_rows[:, None, None, None]).float() * (1 - face_cover) * solid
+    return skin_seed, hair_seed, landmarks[:, UPPER_LIP, 1], head_cover
+
+
+def carve_heights(
+    points: torch.Tensor,
+    normals: torch.Tensor,
+    head_masks: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Visual hull along the normals.
+
+    points, normals [V,N,3] (metres, each view's fitted mesh); head_masks [V,1,S,S] in [0,1].
+    Returns hull height [N] metres (min over views of how far the normal ray stays inside the
+    silhouette), rim [N] in [0,1] (how squarely the view that set it saw the ray from the side)
+    and outside [N] bool (the surface point itself is outside a silhouette).
+    """
+    num_views, num_texels, _ = points.shape
+    size = head_masks.shape[-1]
+    steps = torch.linspace(0.0, MAX_HEIGHT_M, HEIGHT_STEPS, device=points.device, dtype=points.dtype)
+    ray = points[:, :, None] + normals[:, :, None] * steps[None, None, :, None]  # [V,N,K,3]
+    cam = ray @ viewmats[:, None, :3, :3].transpose(-1, -2) + viewmats[:, None, None, :3, 3]
+    pix = (cam @ Ks[:, None].transpose(-1, -2))[..., :2] / cam[..., 2:3].clamp_min(1e-6)
+    grid = (pix / size * 2 - 1).reshape(num_views, num_texels * HEIGHT_STEPS, 1, 2)
+    # outside the crop nothing is known: treat as inside (the neck runs off the bottom edge)
+    padded = F.pad(head_masks, (1, 1, 1, 1), value=1.0)
+    scale = size / (size + 2)
+    inside = F.grid_sample(padded, grid * scale, mode="bilinear", align_corners=False)
+    inside = (inside.view(num_views, num_texels, HEIGHT_STEPS) > 0.5).float()
+    run = torch.cumprod(inside, dim=-1)  # 1 until the ray first leaves the silhouette
+    exits = run[..., -1] < 1
+    step = MAX_HEIGHT_M / (HEIGHT_STEPS - 1)
+    height = (run.sum(-1) - 0.5).clamp_min(0) * step  # [V,N]
+    height = torch.where(exits, height, torch.full_like(height, MAX_HEIGHT_M))
+    centres = -(viewmats[:, :3, :3].transpose(1, 2) @ viewmats[:, :3, 3:])[..., 0]  # [V,3]
+    view_dir = F.normalize(points - centres[:, None], dim=-1)
+    sin2 = 1 - (normals * view_dir).sum(-1).square()
+    hull, which = height.min(0)
+    rim = torch.where(exits, sin2, torch.zeros_like(sin2)).gather(0, which[None])[0]
+    return hull, rim, inside[..., 0].min(0).values < 0.5
+
+
+def fill_heights(atlas, hull: torch.Tensor, rim: torch.Tensor, chart: torch.Tensor) -> torch.Tensor:
+    """Heights [N] over ``chart`` [N] bool: rim-constrained texels keep their hull height, the rest
+    is interpolated over the chart (push-pull), capped by the hull; 0 off the chart."""
+    weight = ((rim - RIM_SIN2) / (1 - RIM_SIN2)).clamp(0, 1) * chart
+    height_map = atlas.scatter((hull * chart)[None, :, None])[0]  # [1,R,R]
+    weight_map = atlas.scatter(weight[None, :, None])[0]
+    filled = push_pull_fill(height_map[None], weight_map[None])[0]
+    # a light blur inside the chart: neighbouring strands, not a staircase
+    chart_map = atlas.scatter(chart.float()[None, :, None])[0]
+    blurred = F.avg_pool2d((filled * chart_map)[None], 3, 1, 1) / F.avg_pool2d(chart_map[None], 3, 1, 1).clamp_min(1e-6)
+    heights = atlas.gather(blurred)[0, :, 0]
+    return torch.minimum(heights, hull) * chart
+
+
+def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, Ks) -> WholeHead:
+    """Parse the person masks and carve the hair heights: see the module docstring.
+
+    atlas: UVAtlas; landmark_ids [68] the ICT vertex of each MultiPIE-68 landmark; neutral
+    [1,Vtx,3] the neutral mesh of this identity and vertices [V,Vtx,3] each view's fitted mesh
+    (metres); images [V,3,S,S] in [0,1]; masks [V,1,S,S] person masks; viewmats [V,4,4]; Ks [V,3,3].
+    """
+    points, frames = atlas.surface_and_frames(vertices)
+    normals = frames[..., 2]
+    size = images.shape[-1]
+    pix, visible, cosine = project_texels(points, normals, viewmats, Ks, size, size)
+    landmarks = _project(vertices[:, landmark_ids], viewmats, Ks)
+    canonical = atlas.surface_points(neutral)[0]
+    seeds = parsing_seeds(atlas, canonical, landmarks, neutral[0, landmark_ids], pix, visible, cosine, masks)
+    parts = split_person_mask(images, masks, *seeds)
+    head = F.max_pool2d(parts.head, 3, 1, 1)  # one pixel of tolerance for the fit
+    hull, rim, outside = carve_heights(points, normals, head, viewmats, Ks)
+    # where a view sees the surface itself as skin (face, neck, ears), there is no hair on it
+    grid = (pix / size * 2 - 1)[:, :, None]
+    skin = F.grid_sample(parts.skin, grid, mode="bilinear", align_corners=False)[:, 0, :, 0]  # [V,N]
+    bare = ((skin > 0.5) & visible & (cosine > BARE_COSINE)).any(0)
+    hull = torch.where(bare, torch.zeros_like(hull), hull)
+    rim = torch.where(bare, torch.ones_like(rim), rim)
+    brow_y = neutral[0, landmark_ids[list(BROWS)], 1].mean()
+    front = (canonical[:, 2] > HAIR_FRONT_Z_M) & (canonical[:, 1] < brow_y)
+    chart = (atlas.region == REGION_INDEX["back_head"]) & ~front
+    heights = fill_heights(atlas, hull, rim, chart)
+    carved = chart | (atlas.region == REGION_INDEX["face"])
+    return WholeHead(heights=heights, rim=rim * chart, outside_hull=outside & carved, parts=parts,
+                     back_rgb=back_colour(images, parts))  # fmt: skip
+
+
+def back_colour(images: torch.Tensor, parts: PersonParts) -> torch.Tensor:
+    """[3] colour of the back of the head: the mean colour of the solid hair pixels of all views
+    (the median per channel: highlights and strands of background do not tint it); of the skin
+    when fewer than MIN_HAIR_PIXELS are hair."""
+    pixels = images.permute(0, 2, 3, 1).reshape(-1, 3)
+    for part in (parts.hair, parts.skin):
+        solid = part.reshape(-1) > 0.9
+        if int(solid.sum()) >= MIN_HAIR_PIXELS:
+            return pixels[solid].median(0).values
+    return pixels.new_tensor([0.22, 0.16, 0.12])
+
+
+def shell_maps(atlas, whole: WholeHead, spacing: torch.Tensor, scale_normal: float, offset_unit_m: float) -> torch.Tensor:
+    """Base attribute maps [14,R,R] that put each texel's Gaussian on the hair shell.
+
+    Offset along the normal = height; in-plane scale grows by (1 + height / SHELL_RADIUS_M)
+    (the shell's texels spread apart as it grows) and the normal scale to SHELL_THICKNESS of the
+    height, so a lifted shell has no holes; texels outside the hull are made transparent.
+    spacing [N] metres (the template's texel spacing); scale_normal: the config's normal sigma
+    as a fraction of the spacing.
+    """
+    heights = whole.heights
+    values = torch.zeros(atlas.num_texels, NUM_ATTRIBUTES, device=heights.device, dtype=heights.dtype)
+    values[:, ATTRIBUTE_SLICES["offset"].start + 2] = heights / offset_unit_m
+    scale = ATTRIBUTE_SLICES["scale"]
+    values[:, scale.start : scale.start + 2] = torch.log1p(heights / SHELL_RADIUS_M)[:, None]
+    normal_sigma = spacing * scale_normal
+    thickness = (SHELL_THICKNESS * heights).clamp(max=SHELL_MAX_SIGMA_M)
+    values[:, scale.start + 2] = torch.log(torch.maximum(normal_sigma, thickness) / normal_sigma)
+    values[:, ATTRIBUTE_SLICES["opacity"].start] = OUTSIDE_HULL_LOGIT * whole.outside_hull.to(heights.dtype)
+    return atlas.scatter(values[None])[0]
