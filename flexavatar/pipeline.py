@@ -122,7 +122,8 @@ def create_avatar(
     _report(progress, "encoding", 1.0)
     refined = None
     if refine_seconds and refine_seconds > 0:
-        refined = refine(model, avatar, crops, cameras, expressions, seconds=float(refine_seconds), progress=progress)
+        refined = refine(model, avatar, crops, cameras, expressions, seconds=float(refine_seconds), progress=progress,
+                         masks=masks)  # fmt: skip
         avatar = refined.avatar
         timings["refine_s"] = refined.seconds
     if report is not None:

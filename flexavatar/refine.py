@@ -1,8 +1,9 @@
 """Test-time refinement: fit an avatar's static UV maps to its input photos under a time budget.
 
-Loss: L1 + 0.2·(1 − SSIM) between renders and the masked input crops (both on the same
-background), plus a pull toward the network's prediction so regions no photo constrains
-stay as predicted. The best state seen (by input-view PSNR) is returned, so refinement never
+Loss: L1 + 0.2·(1 − SSIM) between renders and the head part of the input crops (both on the
+same background), a silhouette term (rendered alpha vs. the head mask) and a pull toward the
+network's prediction; updates are scaled by each texel's visibility in the inputs, so regions
+no photo constrains stay as predicted. The best state seen (by input-view PSNR) is returned, so refinement never
 makes the input views worse.
 """
 
@@ -14,14 +15,16 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from flexavatar.camera import Camera
+from flexavatar.camera import Camera, stack_cameras
 from flexavatar.metrics import psnr, ssim_map
 from flexavatar.model.avatar import Avatar
+from flexavatar.model.evidence import lift_views
 from flexavatar.model.field import ATTRIBUTE_SLICES
 
 Progress = Callable[[str, float], None]
 
 SSIM_WEIGHT = 0.2
+SILHOUETTE_WEIGHT = 0.5
 
 
 @dataclass
@@ -73,20 +76,36 @@ def refine(
     """Photometric fit of ``avatar`` to its inputs.
 
     crops [V,3,S,S] in [0,1], masked with the same ``background`` the renders use; cameras: V
-    fitted cameras; expressions [V,57]. Stops after ``seconds`` (wall clock) or ``steps``,
-    whichever comes first. ``progress(stage, fraction)`` is called every step.
+    fitted cameras; expressions [V,57]; masks [V,1,S,S] person masks (default: every pixel that
+    is not ``background``). Stops after ``seconds`` (wall clock) or ``steps``, whichever comes
+    first. ``progress(stage, fraction)`` is called every step.
 
-    The loss covers the whole crop (so Gaussians may grow toward hair the template lacks),
-    twice as strongly inside the head region (where the initial avatar renders, alpha > 0.5).
-    PSNR is measured in that head region, the part of the photo the avatar stands for.
+    What the inputs see is fitted, nothing else: the target is the head part of each view
+    (person mask minus clothes, :mod:`flexavatar.tracking.parsing`) on the background, with a
+    silhouette term (rendered alpha vs. that head mask); each texel's update is scaled by how
+    well the inputs see it (its visibility on the hair shell), so texels no view sees stay
+    exactly as predicted, and every view is used. PSNR is measured over the head mask.
     """
     device = model.device
     crops = crops.to(device)
     expressions = expressions.to(device)
-    target = crops.permute(0, 2, 3, 1)  # [V,S,S,3]
+    bg = torch.as_tensor(background, dtype=crops.dtype, device=device)[None, :, None, None]
+    if masks is None:
+        masks = ((crops - bg).abs().amax(1, keepdim=True) > 2 / 255).to(crops.dtype)
+    masks = masks.to(device)
     initial = avatar.static_maps.detach().clone()
+    with torch.no_grad():
+        shape = model.whole_head(crops, masks, cameras, avatar.identity, expressions)
+        head = shape.parts.head.clamp(0, 1)  # [V,1,S,S]
+        viewmats, Ks = stack_cameras(cameras)
+        vertices = model.mesh(avatar.identity, expressions)
+        _, seen = lift_views(model.atlas, vertices, crops, head, viewmats.to(crops), Ks.to(crops), shape.heights)
+        visibility = model.atlas.scatter(seen.sum(0).clamp(0, 1).sqrt()[None, :, None])[0]  # [1,R,R]
+    crops = crops * head + bg * (1 - head)  # clothes are not the avatar's to fit
+    target = crops.permute(0, 2, 3, 1)  # [V,S,S,3]
+    head_region = (head > 0.5).permute(0, 2, 3, 1)  # [V,S,S,1]
     delta = torch.zeros_like(initial, requires_grad=True)
-    channel_steps = _channel_steps(initial.shape[0], device)
+    channel_steps = _channel_steps(initial.shape[0], device) * visibility
     params = [delta]
     features = avatar.identity_features.detach().clone()
     dynamic = None
@@ -101,11 +120,7 @@ def refine(
     atlas_mask = model.atlas.mask.to(initial.dtype)
     for p in model.parameters():  # only the avatar is fitted
         p.requires_grad_(False)
-
-    with torch.no_grad():
-        _, alpha = model.render(avatar, cameras, expressions, background=background, dynamic=dynamic)
-    head_region = alpha > 0.5  # [V,S,S,1]
-    pixel_weight = (1.0 + head_region.float()).permute(0, 3, 1, 2)  # [V,1,S,S]
+    pixel_weight = 1.0 + head  # [V,1,S,S]: the head twice, the background once
 
     result = RefineResult(avatar=avatar)
     best_psnr, best_state = -1.0, (initial, avatar.identity_features.detach())
@@ -116,7 +131,7 @@ def refine(
         while step < max_steps and (time.perf_counter() - start) < seconds:
             static = initial + delta * channel_steps
             current = replace(avatar, static_maps=static, identity_features=features)
-            rgb, _ = model.render(current, cameras, expressions, background=background, dynamic=dynamic)
+            rgb, alpha = model.render(current, cameras, expressions, background=background, dynamic=dynamic)
             current_psnr = psnr(rgb.detach(), target, head_region)
             if current_psnr > best_psnr:  # the state *before* this step's update
                 best_psnr = current_psnr
@@ -125,7 +140,8 @@ def refine(
             l1 = ((prediction - crops).abs() * pixel_weight).mean()
             structural = ((1 - ssim_map(prediction, crops)) * pixel_weight).mean()
             pull = ((static - initial).square() * reg_weights * atlas_mask).mean()
-            loss = l1 + SSIM_WEIGHT * structural + regularisation * pull
+            silhouette = (alpha.permute(0, 3, 1, 2) - head).abs().mean()
+            loss = l1 + SSIM_WEIGHT * structural + SILHOUETTE_WEIGHT * silhouette + regularisation * pull
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from flexavatar import assets
-from flexavatar.eval.wholehead import PUBLIC_PHOTOS, evaluate_photo, format_photo_table, head_parts, silhouette_iou
+from flexavatar.eval.wholehead import PUBLIC_PHOTOS, TURNTABLE_FRAMES, evaluate_photo, format_photo_table, head_parts, silhouette_iou
 from flexavatar.metrics import masked_l1, psnr, ssim
 from flexavatar.model import FlexAvatarModel, resolve_config
 from flexavatar.refine import refine
@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     untrained, trained, weights = _models(args, device)
     config = untrained.config
+    photo_rows = photo_table(trained or untrained, args.photos, args.refine_seconds)
+    if args.no_video:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"photos": photo_rows}, indent=2))
+        return 0
     frames = target_frames(args.first_target, args.last_target, args.frames)
     if Path(args.video).name == DEFAULT_VIDEO.name and set(frames) & set(TRAIN_FRAMES):
         print(f"warning: targets {sorted(set(frames) & set(TRAIN_FRAMES))} are training frames, not held out")
@@ -184,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": config.name,
         "mask": "person mask x dilated ICT head silhouette, 256^2 head crop",
         "rows": [{k: v for k, v in row.items() if k != "images"} for row in rows],
+        "photos": photo_rows,
     }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -192,6 +198,22 @@ def main(argv: list[str] | None = None) -> int:
     if keep:
         _write_images(Path(args.images), rows)
     return 0
+
+
+def photo_table(model, photos: list[str], refine_seconds: float) -> list[dict]:
+    """The whole-head table (:mod:`flexavatar.eval.wholehead`) of ``photos``: feed-forward and,
+    if ``refine_seconds`` > 0, refined; printed, and returned without the turntable frames."""
+    rows = []
+    for photo in photos:
+        path = Path(photo) if Path(photo).is_file() else media_dir() / photo
+        for seconds in [0.0] + ([refine_seconds] if refine_seconds > 0 else []):
+            row = evaluate_photo(model, str(path), seconds)
+            name = f"refined ({seconds:g} s)" if seconds else "feed-forward"
+            rows.append({"photo": path.name, "name": name, **{k: v for k, v in row.items() if k != "frames"}})
+    if rows:
+        print(f"whole head: {len(photos)} photo(s), source view + {TURNTABLE_FRAMES}-frame turntable")
+        print(format_photo_table(rows))
+    return rows
 
 
 def _write_images(folder: Path, rows: list[dict]) -> None:

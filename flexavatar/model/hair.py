@@ -33,10 +33,14 @@ MAX_HEIGHT_M = 0.15
 HEIGHT_STEPS = 40
 #: A view constrains a texel's height when sin² of the angle between normal and view ray is above this.
 RIM_SIN2 = 0.6
+#: Heights stop this far inside the silhouette (about one shell Gaussian's in-plane sigma).
+SHELL_MARGIN_M = 0.012
 #: A texel seen this squarely (cosine) on skin carries no hair.
 BARE_COSINE = 0.4
 #: The hair shell's in-plane size grows like the sphere it lies on: radius of that sphere (m).
 SHELL_RADIUS_M = 0.08
+#: Extra log in-plane scale of a lifted texel (x1.5): the template's spacing leaves gaps on a shell.
+SHELL_WIDEN_LOG = 0.25
 #: Thickness along the normal: a lifted Gaussian is this fraction of its height thick (no gaps),
 #: up to SHELL_MAX_SIGMA_M (a thicker Gaussian reads as fog, not hair).
 SHELL_THICKNESS = 0.15
@@ -49,7 +53,7 @@ OUTSIDE_HULL_LOGIT = -12.0
 #: Fewer hair pixels than this (all views) and the back of the head is taken to be skin.
 MIN_HAIR_PIXELS = 400
 #: MultiPIE-68 landmarks (of the fitted mesh) that place the seeds of the mask split.
-BROWS, UPPER_LIP, LOWER_EYELIDS = (19, 24), 51, (40, 47)
+CHIN, BROWS, UPPER_LIP, LOWER_EYELIDS = 8, (19, 24), 51, (40, 47)
 #: The skin seed spans the nose and inner cheeks only (hair may fall over the outer cheeks).
 CHEEK_HALF_WIDTH_M = 0.045
 
@@ -137,21 +141,27 @@ def carve_heights(
     cam = ray @ viewmats[:, None, :3, :3].transpose(-1, -2) + viewmats[:, None, None, :3, 3]
     pix = (cam @ Ks[:, None].transpose(-1, -2))[..., :2] / cam[..., 2:3].clamp_min(1e-6)
     grid = (pix / size * 2 - 1).reshape(num_views, num_texels * HEIGHT_STEPS, 1, 2)
-    # outside the crop nothing is known: treat as inside (the neck runs off the bottom edge)
+    # outside the crop nothing is known: a surface point there is kept (the neck runs off the
+    # bottom edge), but no hair is grown past the edge, and such an exit constrains nothing
     padded = F.pad(head_masks, (1, 1, 1, 1), value=1.0)
     scale = size / (size + 2)
     inside = F.grid_sample(padded, grid * scale, mode="bilinear", align_corners=False)
     inside = (inside.view(num_views, num_texels, HEIGHT_STEPS) > 0.5).float()
-    run = torch.cumprod(inside, dim=-1)  # 1 until the ray first leaves the silhouette
+    pix = pix.view(num_views, num_texels, HEIGHT_STEPS, 2)
+    in_image = ((pix >= 0) & (pix < size)).all(-1).float()
+    run = torch.cumprod(inside * in_image, dim=-1)  # 1 until the ray first leaves the silhouette
     exits = run[..., -1] < 1
+    first_out = run.sum(-1).long().clamp(max=HEIGHT_STEPS - 1)
+    by_silhouette = exits & (in_image.gather(-1, first_out[..., None])[..., 0] > 0)
     step = MAX_HEIGHT_M / (HEIGHT_STEPS - 1)
-    height = (run.sum(-1) - 0.5).clamp_min(0) * step  # [V,N]
+    # the last sample inside, less a Gaussian's reach, so the shell's edge stays inside
+    height = ((run.sum(-1) - 1) * step - SHELL_MARGIN_M).clamp_min(0)  # [V,N]
     height = torch.where(exits, height, torch.full_like(height, MAX_HEIGHT_M))
     centres = -(viewmats[:, :3, :3].transpose(1, 2) @ viewmats[:, :3, 3:])[..., 0]  # [V,3]
     view_dir = F.normalize(points - centres[:, None], dim=-1)
     sin2 = 1 - (normals * view_dir).sum(-1).square()
     hull, which = height.min(0)
-    rim = torch.where(exits, sin2, torch.zeros_like(sin2)).gather(0, which[None])[0]
+    rim = torch.where(by_silhouette, sin2, torch.zeros_like(sin2)).gather(0, which[None])[0]
     return hull, rim, inside[..., 0].min(0).values < 0.5
 
 
@@ -184,10 +194,14 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     canonical = atlas.surface_points(neutral)[0]
     seeds = parsing_seeds(atlas, canonical, landmarks, neutral[0, landmark_ids], pix, visible, cosine, masks)
     parts = split_person_mask(images, masks, *seeds)
-    head = F.max_pool2d(parts.head, 3, 1, 1)  # one pixel of tolerance for the fit
-    hull, rim, outside = carve_heights(points, normals, head, viewmats, Ks)
-    # where a view sees the surface itself as skin (face, neck, ears), there is no hair on it
+    hull, rim, _ = carve_heights(points, normals, parts.head, viewmats, Ks)
+    # a surface point is cut only when it is clearly off the head (two pixels in from the
+    # silhouette's edge): the fit is not exact
+    eroded = -F.max_pool2d(-parts.head, 5, 1, 2)
     grid = (pix / size * 2 - 1)[:, :, None]
+    on_head = F.grid_sample(F.pad(eroded, (1, 1, 1, 1), value=1.0), grid * size / (size + 2), align_corners=False)
+    outside = (on_head[:, 0, :, 0] < 0.5).any(0)
+    # where a view sees the surface itself as skin (face, neck, ears), there is no hair on it
     skin = F.grid_sample(parts.skin, grid, mode="bilinear", align_corners=False)[:, 0, :, 0]  # [V,N]
     bare = ((skin > 0.5) & visible & (cosine > BARE_COSINE)).any(0)
     hull = torch.where(bare, torch.zeros_like(hull), hull)
@@ -196,6 +210,10 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     front = (canonical[:, 2] > HAIR_FRONT_Z_M) & (canonical[:, 1] < brow_y)
     chart = (atlas.region == REGION_INDEX["back_head"]) & ~front
     heights = fill_heights(atlas, hull, rim, chart)
+    # below the chin hair is only where a silhouette shows it, never interpolated into a collar
+    chin_y = neutral[0, landmark_ids[CHIN], 1]
+    neck = canonical[:, 1] < chin_y
+    heights = torch.where(neck & (rim < RIM_SIN2), torch.zeros_like(heights), heights)
     carved = chart | (atlas.region == REGION_INDEX["face"])
     return WholeHead(heights=heights, rim=rim * chart, outside_hull=outside & carved, parts=parts,
                      back_rgb=back_colour(images, parts))  # fmt: skip
@@ -226,7 +244,9 @@ def shell_maps(atlas, whole: WholeHead, spacing: torch.Tensor, scale_normal: flo
     values = torch.zeros(atlas.num_texels, NUM_ATTRIBUTES, device=heights.device, dtype=heights.dtype)
     values[:, ATTRIBUTE_SLICES["offset"].start + 2] = heights / offset_unit_m
     scale = ATTRIBUTE_SLICES["scale"]
-    values[:, scale.start : scale.start + 2] = torch.log1p(heights / SHELL_RADIUS_M)[:, None]
+    # lifted texels spread apart like a sphere's and get a little wider still: an opaque shell
+    lifted = (heights / SHELL_MARGIN_M).clamp(max=1)
+    values[:, scale.start : scale.start + 2] = (torch.log1p(heights / SHELL_RADIUS_M) + lifted * SHELL_WIDEN_LOG)[:, None]
     normal_sigma = spacing * scale_normal
     thickness = (SHELL_THICKNESS * heights).clamp(max=SHELL_MAX_SIGMA_M)
     values[:, scale.start + 2] = torch.log(torch.maximum(normal_sigma, thickness) / normal_sigma)
