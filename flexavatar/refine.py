@@ -36,6 +36,7 @@ class RefineResult:
     psnr_after: float = 0.0
     steps: int = 0
     seconds: float = 0.0
+    head_masks: torch.Tensor | None = None  # [V,1,S,S] the head part of each input: what was fitted and scored
 
 
 def _channel_steps(channels: int, device) -> torch.Tensor:
@@ -99,7 +100,7 @@ def refine(
         head = shape.parts.head.clamp(0, 1)  # [V,1,S,S]
         viewmats, Ks = stack_cameras(cameras)
         vertices = model.mesh(avatar.identity, expressions)
-        _, seen = lift_views(model.atlas, vertices, crops, head, viewmats.to(crops), Ks.to(crops), shape.heights)
+        _, seen, _ = lift_views(model.atlas, vertices, crops, head, viewmats.to(crops), Ks.to(crops), shape.heights)
         visibility = model.atlas.scatter(seen.sum(0).clamp(0, 1).sqrt()[None, :, None])[0]  # [1,R,R]
     crops = crops * head + bg * (1 - head)  # clothes are not the avatar's to fit
     target = crops.permute(0, 2, 3, 1)  # [V,S,S,3]
@@ -122,7 +123,7 @@ def refine(
         p.requires_grad_(False)
     pixel_weight = 1.0 + head  # [V,1,S,S]: the head twice, the background once
 
-    result = RefineResult(avatar=avatar)
+    result = RefineResult(avatar=avatar, head_masks=head)
     best_psnr, best_state = -1.0, (initial, avatar.identity_features.detach())
     start = time.perf_counter()
     step = 0

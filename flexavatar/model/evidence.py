@@ -30,6 +30,8 @@ REGION_PRIOR_RGB = {
 
 ZBUFFER_CELL_PX = 4  # z-buffer cell size: ~4 texels per cell at the default sizes, so no holes
 DEPTH_TOLERANCE_M = 0.01
+MIRROR_BELOW_COVERAGE_INV = 20.0  # a texel borrows from its mirror below 1/20 coverage
+BACK_FILL_WINDOW = 9  # texels: how far the back-of-head chart's own fill reaches from what was seen
 
 
 def project_texels(
@@ -80,7 +82,8 @@ def lift_views(
     images [V,C,S,S] in [0,1] (RGB, or any channels lifted the same way); masks
     [V,1,S,S] in [0,1]; viewmats [V,4,4]; Ks [V,3,3] (pixels); heights [N] metres: each texel's
     point is that far out along its normal (the hair shell, :mod:`flexavatar.model.hair`).
-    Returns values [V,N,C] and weights [V,N] (0 where the view does not see the texel).
+    Returns values [V,N,C], weights [V,N] (0 where the view does not see the texel or it is
+    off the mask) and seen [V,N] (cosine to the camera: > 0 where the surface faces the view).
     """
     height, width = images.shape[-2:]
     points, frames = atlas.surface_and_frames(vertices)  # [V,N,3], [V,N,3,3]
@@ -92,7 +95,8 @@ def lift_views(
     sampled = F.grid_sample(torch.cat([images, masks], 1), grid, mode="bilinear", align_corners=False)
     sampled = sampled[..., 0].transpose(1, 2)  # [V,N,C+1]
     weights = cosine.square() * sampled[..., -1] * visible.to(cosine.dtype)
-    return sampled[..., :-1], weights
+    seen = cosine  # facing the camera, occluded or not: what faces away is what a mirror completes
+    return sampled[..., :-1], weights, seen
 
 
 def push_pull_fill(values: torch.Tensor, weights: torch.Tensor, levels: int = 7) -> torch.Tensor:
@@ -111,16 +115,21 @@ def push_pull_fill(values: torch.Tensor, weights: torch.Tensor, levels: int = 7)
     return values * weights + up * (1 - weights)
 
 
-def mirror_fill(values: torch.Tensor, coverage: torch.Tensor, mirror: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-right completion: where a texel is unseen, its mirror texel's value fills in.
+def mirror_fill(
+    values: torch.Tensor, coverage: torch.Tensor, mirror: torch.Tensor, seen: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-right completion: where no view sees a texel, its mirror texel's value fills in.
 
     values [N,C], coverage [N] in [0,1], mirror [N] index of each texel's mirror image (itself
-    where it has none). Returns values [N,C] and coverage [N] after the fill.
+    where it has none); seen [N] in [0,1] how well any view sees the surface there (default:
+    ``coverage``). Returns values [N,C] and coverage [N] after the fill.
     """
-    borrowed = (1 - coverage) * coverage[mirror]
+    seen = coverage if seen is None else seen
+    # only texels (nearly) no view sees borrow: a face and its lighting are not exactly symmetric
+    borrowed = (1 - MIRROR_BELOW_COVERAGE_INV * seen).clamp(0, 1) * coverage[mirror]
     total = coverage + borrowed
     blended = (values * coverage[:, None] + values[mirror] * borrowed[:, None]) / total.clamp_min(1e-8)[:, None]
-    return torch.where(total[:, None] > 0, blended, values), total
+    return torch.where(total[:, None] > 0, blended, values), total.clamp(max=1.0)
 
 
 def fuse_evidence(
@@ -129,6 +138,7 @@ def fuse_evidence(
     weights: torch.Tensor,
     mirror: torch.Tensor | None = None,
     back_rgb: torch.Tensor | None = None,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fuse per-view texel colours into one evidence map.
 
@@ -138,13 +148,15 @@ def fuse_evidence(
     of the head (the visible hair's, :mod:`flexavatar.model.hair`): what no view sees of the
     back-of-head chart takes it, never a smear of the face or ears. Returns [4,R,R]: RGB (holes
     filled within each chart) and coverage in [0,1] (0 off the atlas and where no view, nor the
-    mirror, saw the texel).
+    mirror, saw the texel). seen [V,N] (optional, from :func:`lift_views`): only texels no
+    view sees at all borrow from their mirror (not those merely off the mask).
     """
     total = weights.sum(0)  # [N]
     fused = (colours * weights[..., None]).sum(0) / total.clamp_min(1e-8)[:, None]
     coverage = total.clamp(max=1.0)
+    facing = coverage if seen is None else seen.sum(0).clamp(max=1.0)  # [N]
     if mirror is not None:
-        fused, coverage = mirror_fill(fused, coverage, mirror)
+        fused, coverage = mirror_fill(fused, coverage, mirror, facing)
     fill_weight = coverage
     num_regions = len(REGION_NAMES)
     # one channel stack per region so a chart fills only from itself
@@ -156,16 +168,21 @@ def fuse_evidence(
     colour = per_texel[atlas.region, torch.arange(atlas.num_texels, device=fused.device)]  # [N,3]
     # a chart nobody saw at all keeps its prior colour
     prior = torch.tensor([REGION_PRIOR_RGB[n] for n in REGION_NAMES], dtype=fused.dtype, device=fused.device)
-    seen = torch.zeros(num_regions, device=fused.device).index_add_(0, atlas.region, coverage) > 0.5
-    colour = torch.where(seen[atlas.region][:, None], colour, prior[atlas.region])
+    chart_seen = torch.zeros(num_regions, device=fused.device).index_add_(0, atlas.region, coverage) > 0.5
+    colour = torch.where(chart_seen[atlas.region][:, None], colour, prior[atlas.region])
     if back_rgb is not None:
+        # near seen texels (ears, side hair) the chart's own fill; far from any, the hair colour
+        cover_map = atlas.scatter(facing[None, :, None])[0]
+        nearby = atlas.gather(F.avg_pool2d(cover_map[None], BACK_FILL_WINDOW, 1, BACK_FILL_WINDOW // 2))[0, :, 0]
+        nearby = (nearby * 3).clamp(0, 1)[:, None]
         back = (atlas.region == REGION_NAMES.index("back_head"))[:, None]
-        colour = torch.where(back, back_rgb.to(colour)[None].expand_as(colour), colour)
+        far_fill = nearby * colour + (1 - nearby) * back_rgb.to(colour)[None]
+        colour = torch.where(back, far_fill, colour)
     colour = torch.where(coverage[:, None] > 0, coverage[:, None] * fused + (1 - coverage[:, None]) * colour, colour)
     return atlas.scatter(torch.cat([colour, coverage[:, None]], 1)[None])[0]
 
 
 def uv_evidence(atlas, vertices, images, masks, viewmats, Ks, heights=None, mirror=None, back_rgb=None) -> torch.Tensor:
     """Lift and fuse in one call: arguments as :func:`lift_views` and :func:`fuse_evidence`; returns [4,R,R]."""
-    colours, weights = lift_views(atlas, vertices, images, masks, viewmats, Ks, heights)
-    return fuse_evidence(atlas, colours, weights, mirror, back_rgb)
+    colours, weights, seen = lift_views(atlas, vertices, images, masks, viewmats, Ks, heights)
+    return fuse_evidence(atlas, colours, weights, mirror, back_rgb, seen)

@@ -50,6 +50,8 @@ SHELL_MAX_SIGMA_M = 0.006
 HAIR_FRONT_Z_M = 0.0
 #: Opacity logit added where a texel lies outside the visual hull (sigmoid(logit(0.99) - 12) < 0.001).
 OUTSIDE_HULL_LOGIT = -12.0
+#: A view whose head silhouette covers less than this fraction of the crop constrains nothing.
+MIN_HEAD_FRACTION = 0.02
 #: Fewer hair pixels than this (all views) and the back of the head is taken to be skin.
 MIN_HAIR_PIXELS = 400
 #: MultiPIE-68 landmarks (of the fitted mesh) that place the seeds of the mask split.
@@ -100,8 +102,8 @@ def parsing_seeds(atlas, canonical, landmarks, neutral_landmarks, pix, visible, 
     fitted mesh's MultiPIE-68 landmarks in pixels, neutral_landmarks [68,3] the same on the
     neutral mesh; pix [V,N,2], visible [V,N], cosine [V,N] from
     :func:`~flexavatar.model.evidence.project_texels`; masks [V,1,S,S].
-    Returns skin_seed, hair_seed [V,1,S,S], hang_rows [V] and neck [V,1,S,S] (the
-    head's silhouette), the arguments of ``split_person_mask`` after the images and masks.
+    Returns skin_seed, hair_seed [V,1,S,S], hang_rows [V], face and neck [V,1,S,S] (the face's
+    and the head's silhouettes): the arguments of ``split_person_mask`` after images and masks.
     """
     size = masks.shape[-1]
     face = atlas.region == REGION_INDEX["face"]
@@ -117,22 +119,23 @@ def parsing_seeds(atlas, canonical, landmarks, neutral_landmarks, pix, visible, 
     rows = torch.arange(size, device=masks.device, dtype=pix.dtype)[None, None, :, None]
     brow_rows = landmarks[:, list(BROWS), 1].mean(1)  # [V]
     hair_seed = (rows < brow_rows[:, None, None, None]).float() * (1 - face_cover) * solid
-    return skin_seed, hair_seed, landmarks[:, UPPER_LIP, 1], head_cover
+    return skin_seed, hair_seed, landmarks[:, UPPER_LIP, 1], face_cover, head_cover
 
 
 def carve_heights(
     points: torch.Tensor,
     normals: torch.Tensor,
     head_masks: torch.Tensor,
+    hair_masks: torch.Tensor,
     viewmats: torch.Tensor,
     Ks: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Visual hull along the normals.
 
-    points, normals [V,N,3] (metres, each view's fitted mesh); head_masks [V,1,S,S] in [0,1].
-    Returns hull height [N] metres (min over views of how far the normal ray stays inside the
-    silhouette), rim [N] in [0,1] (how squarely the view that set it saw the ray from the side)
-    and outside [N] bool (the surface point itself is outside a silhouette).
+    points, normals [V,N,3] (metres, each view's fitted mesh); head_masks, hair_masks
+    [V,1,S,S] in [0,1]. Returns hull height [N] metres (min over views of how far the normal
+    ray stays inside the silhouette; 0 where the silhouette's edge there is skin, not hair: an
+    ear, a neck) and rim [N] in [0,1] (how squarely the view that set it saw the ray from the side).
     """
     num_views, num_texels, _ = points.shape
     size = head_masks.shape[-1]
@@ -143,10 +146,11 @@ def carve_heights(
     grid = (pix / size * 2 - 1).reshape(num_views, num_texels * HEIGHT_STEPS, 1, 2)
     # outside the crop nothing is known: a surface point there is kept (the neck runs off the
     # bottom edge), but no hair is grown past the edge, and such an exit constrains nothing
-    padded = F.pad(head_masks, (1, 1, 1, 1), value=1.0)
+    padded = F.pad(torch.cat([head_masks, hair_masks], 1), (1, 1, 1, 1), value=1.0)
     scale = size / (size + 2)
-    inside = F.grid_sample(padded, grid * scale, mode="bilinear", align_corners=False)
-    inside = (inside.view(num_views, num_texels, HEIGHT_STEPS) > 0.5).float()
+    sampled = F.grid_sample(padded, grid * scale, mode="bilinear", align_corners=False)
+    inside = (sampled[:, 0].view(num_views, num_texels, HEIGHT_STEPS) > 0.5).float()
+    hair = sampled[:, 1].view(num_views, num_texels, HEIGHT_STEPS)
     pix = pix.view(num_views, num_texels, HEIGHT_STEPS, 2)
     in_image = ((pix >= 0) & (pix < size)).all(-1).float()
     run = torch.cumprod(inside * in_image, dim=-1)  # 1 until the ray first leaves the silhouette
@@ -156,13 +160,16 @@ def carve_heights(
     step = MAX_HEIGHT_M / (HEIGHT_STEPS - 1)
     # the last sample inside, less a Gaussian's reach, so the shell's edge stays inside
     height = ((run.sum(-1) - 1) * step - SHELL_MARGIN_M).clamp_min(0)  # [V,N]
+    last_inside = (run.sum(-1).long() - 1).clamp(min=0)
+    skin_edge = by_silhouette & (hair.gather(-1, last_inside[..., None])[..., 0] < 0.5)
+    height = torch.where(skin_edge, torch.zeros_like(height), height)
     height = torch.where(exits, height, torch.full_like(height, MAX_HEIGHT_M))
     centres = -(viewmats[:, :3, :3].transpose(1, 2) @ viewmats[:, :3, 3:])[..., 0]  # [V,3]
     view_dir = F.normalize(points - centres[:, None], dim=-1)
     sin2 = 1 - (normals * view_dir).sum(-1).square()
     hull, which = height.min(0)
     rim = torch.where(by_silhouette, sin2, torch.zeros_like(sin2)).gather(0, which[None])[0]
-    return hull, rim, inside[..., 0].min(0).values < 0.5
+    return hull, rim
 
 
 def fill_heights(atlas, hull: torch.Tensor, rim: torch.Tensor, chart: torch.Tensor) -> torch.Tensor:
@@ -194,10 +201,13 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     canonical = atlas.surface_points(neutral)[0]
     seeds = parsing_seeds(atlas, canonical, landmarks, neutral[0, landmark_ids], pix, visible, cosine, masks)
     parts = split_person_mask(images, masks, *seeds)
-    hull, rim, _ = carve_heights(points, normals, parts.head, viewmats, Ks)
-    # a surface point is cut only when it is clearly off the head (two pixels in from the
-    # silhouette's edge): the fit is not exact
-    eroded = -F.max_pool2d(-parts.head, 5, 1, 2)
+    # a view without a usable head silhouette (no person mask) constrains nothing
+    usable = parts.head.flatten(1).mean(1) > MIN_HEAD_FRACTION
+    silhouettes = torch.where(usable[:, None, None, None], parts.head, torch.ones_like(parts.head))
+    hull, rim = carve_heights(points, normals, silhouettes, parts.hair, viewmats, Ks)
+    # a surface point is cut when it is off the head in some view (one pixel in from the
+    # silhouette's edge: the shell of Gaussians reaches a little beyond its centres)
+    eroded = -F.max_pool2d(-silhouettes, 3, 1, 1)
     grid = (pix / size * 2 - 1)[:, :, None]
     on_head = F.grid_sample(F.pad(eroded, (1, 1, 1, 1), value=1.0), grid * size / (size + 2), align_corners=False)
     outside = (on_head[:, 0, :, 0] < 0.5).any(0)

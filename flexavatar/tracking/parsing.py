@@ -77,6 +77,7 @@ def split_person_mask(
     skin_seed: torch.Tensor,
     hair_seed: torch.Tensor,
     hang_rows: torch.Tensor,
+    face: torch.Tensor,
     neck: torch.Tensor,
 ) -> PersonParts:
     """Split person masks into skin / hair / clothes.
@@ -84,7 +85,8 @@ def split_person_mask(
     images [V,3,S,S] in [0,1]; masks [V,1,S,S] person mask in [0,1]; skin_seed [V,1,S,S]
     pixels surely skin (cheeks, nose); hair_seed [V,1,S,S] pixels above the brows outside the
     face (hair, or scalp skin for a bald head); hang_rows [V] the pixel row of the upper lip:
-    below it, hair must hang unbroken from that row; neck [V,1,S,S] the fitted head mesh's
+    below it, hair must hang unbroken from that row; face [V,1,S,S] the fitted face's silhouette
+    (a beard there is head whatever its colour); neck [V,1,S,S] the fitted head mesh's
     silhouette (face, mouth, neck). All seeds are 0/1 floats.
     """
     num_views, _, size, _ = images.shape
@@ -116,7 +118,7 @@ def split_person_mask(
     # rising to the shoulders beside the chin starts after a gap of background)
     hanging = torch.cumprod(torch.where(lower > 0, hair_like, torch.ones_like(hair_like)), dim=2) * lower
     neck_skin = neck * (1 - hair_like) * lower
-    head = torch.where(lower > 0, (hanging + neck_skin).clamp(max=1), torch.ones_like(lower))
+    head = torch.where(lower > 0, (hanging + neck_skin + face).clamp(max=1), torch.ones_like(lower))
     head = _open_close(head) * masks
     hair = head * hair_like
     skin = head - hair
