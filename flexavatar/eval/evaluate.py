@@ -27,7 +27,14 @@ import torch
 from PIL import Image
 
 from flexavatar import assets
-from flexavatar.eval.wholehead import PUBLIC_PHOTOS, TURNTABLE_FRAMES, evaluate_photo, format_photo_table, head_parts, silhouette_iou
+from flexavatar.eval.wholehead import (
+    PUBLIC_PHOTOS,
+    TURNTABLE_FRAMES,
+    evaluate_photo,
+    format_photo_table,
+    head_parts,
+    silhouette_iou,
+)
 from flexavatar.metrics import masked_l1, psnr, ssim
 from flexavatar.model import FlexAvatarModel, resolve_config
 from flexavatar.refine import refine

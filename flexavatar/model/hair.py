@@ -107,7 +107,6 @@ def parsing_seeds(atlas, canonical, landmarks, neutral_landmarks, pix, visible, 
     """
     size = masks.shape[-1]
     face = atlas.region == REGION_INDEX["face"]
-    back = atlas.region == REGION_INDEX["back_head"]
     y = canonical[:, 1]
     lip_y = neutral_landmarks[UPPER_LIP, 1]
     eyelid_y = neutral_landmarks[list(LOWER_EYELIDS), 1].mean()
