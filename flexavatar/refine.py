@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 
 from flexavatar.camera import Camera, stack_cameras
 from flexavatar.metrics import psnr, ssim_map
@@ -25,6 +26,16 @@ Progress = Callable[[str, float], None]
 
 SSIM_WEIGHT = 0.2
 SILHOUETTE_WEIGHT = 0.5
+#: The update is optimised at 1/DELTA_DOWNSAMPLE of the atlas resolution and upsampled: a smooth
+#: correction (tone, shading, hair edge) carries to other views and expressions; a per-texel one
+#: overfits the source view's misalignment and makes held-out frames worse.
+DELTA_DOWNSAMPLE = 4
+#: What refinement fits: the colour and opacity of the whole-head chart (hair, ears, neck: what
+#: the template lacks and the network saw least of in training). Geometry, the face, the mouth and
+#: the eyes stay as predicted: fitted to one photo's expression and pose they made held-out frames
+#: of single_face.mp4 worse (see the closing note of issue 13 for the measurements).
+REFINED_ATTRIBUTES = ("colour", "opacity")
+REFINED_CHARTS = ("back_head",)
 
 
 @dataclass
@@ -49,7 +60,15 @@ def _channel_steps(channels: int, device) -> torch.Tensor:
     steps[ATTRIBUTE_SLICES["scale"]] = 1.5
     steps[ATTRIBUTE_SLICES["opacity"]] = 3.0
     steps[ATTRIBUTE_SLICES["rotation"]] = 1.0
-    return steps[:, None, None]
+    fitted = torch.zeros(channels, device=device)
+    for name in REFINED_ATTRIBUTES:
+        fitted[ATTRIBUTE_SLICES[name]] = 1.0
+    return (steps * fitted)[:, None, None]
+
+
+def _upsample(delta: torch.Tensor) -> torch.Tensor:
+    """[1,C,r,r] coarse update -> [C,R,R] (R = r * DELTA_DOWNSAMPLE), bilinear."""
+    return F.interpolate(delta, scale_factor=DELTA_DOWNSAMPLE, mode="bilinear", align_corners=False)[0]
 
 
 def _regulariser_weights(channels: int, device) -> torch.Tensor:
@@ -85,7 +104,8 @@ def refine(
     (person mask minus clothes, :mod:`flexavatar.tracking.parsing`) on the background, with a
     silhouette term (rendered alpha vs. that head mask); each texel's update is scaled by how
     well the inputs see it (its visibility on the hair shell), so texels no view sees stay
-    exactly as predicted, and every view is used. PSNR is measured over the head mask.
+    exactly as predicted, and every view is used. Only :data:`REFINED_ATTRIBUTES` of
+    :data:`REFINED_CHARTS` move, as a smooth (coarse) update. PSNR is measured over the head mask.
     """
     device = model.device
     crops = crops.to(device)
@@ -105,8 +125,10 @@ def refine(
     crops = crops * head + bg * (1 - head)  # clothes are not the avatar's to fit
     target = crops.permute(0, 2, 3, 1)  # [V,S,S,3]
     head_region = (head > 0.5).permute(0, 2, 3, 1)  # [V,S,S,1]
-    delta = torch.zeros_like(initial, requires_grad=True)
-    channel_steps = _channel_steps(initial.shape[0], device) * visibility
+    coarse = initial.shape[-1] // DELTA_DOWNSAMPLE
+    delta = initial.new_zeros((1, initial.shape[0], coarse, coarse), requires_grad=True)
+    charts = model.atlas.scatter(model.atlas.region_mask(*REFINED_CHARTS).to(initial.dtype)[None, :, None])[0]
+    channel_steps = _channel_steps(initial.shape[0], device) * visibility * charts
     params = [delta]
     features = avatar.identity_features.detach().clone()
     dynamic = None
@@ -130,7 +152,7 @@ def refine(
     max_steps = steps if steps is not None else 10**9
     try:
         while step < max_steps and (time.perf_counter() - start) < seconds:
-            static = initial + delta * channel_steps
+            static = initial + _upsample(delta) * channel_steps
             current = replace(avatar, static_maps=static, identity_features=features)
             rgb, alpha = model.render(current, cameras, expressions, background=background, dynamic=dynamic)
             current_psnr = psnr(rgb.detach(), target, head_region)
@@ -153,7 +175,7 @@ def refine(
                 fraction = step / max_steps if steps is not None else (time.perf_counter() - start) / seconds
                 progress("refine", min(1.0, fraction))
         with torch.no_grad():  # the last update was never scored: score it once
-            static = initial + delta.detach() * channel_steps
+            static = initial + _upsample(delta.detach()) * channel_steps
             final = replace(avatar, static_maps=static, identity_features=features.detach())
             rendered = model.render(final, cameras, expressions, background=background, dynamic=dynamic)[0]
             final_psnr = psnr(rendered, target, head_region)
