@@ -201,7 +201,7 @@ def build_demo() -> gr.Blocks:
                 driving = gr.Video(label="Driving video (a short clip of a talking face; optional)",
                                    sources=["upload"], elem_id="driving")  # fmt: skip
                 with gr.Row():
-                    refine = gr.Checkbox(label="Refine (sharper likeness, slower)", value=DEFAULTS.refine_seconds > 0)
+                    refine = gr.Checkbox(label="Refine hair, ears and neck to the photos (slower; the face stays as predicted)", value=DEFAULTS.refine_seconds > 0)
                     refine_seconds = gr.Slider(0, 60, value=DEFAULTS.refine_seconds, step=5, label="Refine seconds",
                                                interactive=False, elem_id="refine-seconds")  # fmt: skip
                 with gr.Accordion("Advanced", open=False):
