@@ -52,8 +52,6 @@ HAIR_FRONT_Z_M = 0.0
 OUTSIDE_HULL_LOGIT = -12.0
 #: A view whose head silhouette covers less than this fraction of the crop constrains nothing.
 MIN_HEAD_FRACTION = 0.02
-#: Only texels this far below the chin (neutral, metres) are cut where off the head silhouette.
-THROAT_BELOW_CHIN_M = 0.02
 #: Fewer hair pixels than this (all views) and the back of the head is taken to be skin.
 MIN_HAIR_PIXELS = 400
 #: MultiPIE-68 landmarks (of the fitted mesh) that place the seeds of the mask split.
@@ -225,9 +223,7 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     chin_y = neutral[0, landmark_ids[CHIN], 1]
     neck = canonical[:, 1] < chin_y
     heights = torch.where(neck & (rim < RIM_SIN2), torch.zeros_like(heights), heights)
-    # the cut: the neck and throat below the collar; never the jaw, which an open mouth moves
-    skin_charts = (atlas.region == REGION_INDEX["back_head"]) | (atlas.region == REGION_INDEX["face"])
-    carved = skin_charts & (canonical[:, 1] < chin_y - THROAT_BELOW_CHIN_M)
+    carved = chart | (atlas.region == REGION_INDEX["face"])
     return WholeHead(heights=heights, rim=rim * chart, outside_hull=outside & carved, parts=parts,
                      back_rgb=back_colour(images, parts))  # fmt: skip
 
