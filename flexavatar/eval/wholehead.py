@@ -22,7 +22,12 @@ from flexavatar.camera import stack_cameras
 from flexavatar.errors import InvalidInputError
 from flexavatar.metrics import psnr
 from flexavatar.model.hair import whole_head
+from flexavatar.pipeline import turntable_cameras
+from flexavatar.refine import refine
+from flexavatar.render import rasterize
+from flexavatar.tracking import detect_face, fit_head
 from flexavatar.tracking.parsing import PersonParts
+from flexavatar.train.losses import head_region
 
 PUBLIC_PHOTOS = ("astronaut.png", "single_face.jpg", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg")
 TURNTABLE_FRAMES = 24
@@ -72,10 +77,6 @@ def turntable_check(model, avatar, frames: int = TURNTABLE_FRAMES, resolution: i
     Returns {"faces_front", "faces_back"} (fractions of those quarters' frames), "tv_front",
     "tv_back", "tv_ratio" and "frames" (uint8 [F,S,S,3], for contact sheets).
     """
-    from flexavatar.pipeline import turntable_cameras
-    from flexavatar.render import rasterize
-    from flexavatar.tracking import detect_face
-
     cameras = turntable_cameras(model, frames, 10.0, resolution)
     with torch.no_grad():
         gaussians = {k: v[0] for k, v in model.deform(avatar, avatar.source_expression[None]).items()}
@@ -109,8 +110,6 @@ def turntable_check(model, avatar, frames: int = TURNTABLE_FRAMES, resolution: i
 
 def fit_photo(model, photo) -> dict:
     """Track one photo: crops [1,3,S,S], masks [1,1,S,S], cameras, identity, expressions on the model's device."""
-    from flexavatar.tracking import fit_head
-
     fit = fit_head([photo], resolution=model.config.crop_size, num_identity=model.config.num_identity)
     device = model.device
     crop = fit.crops[0]
@@ -125,8 +124,6 @@ def fit_photo(model, photo) -> dict:
 
 def source_view_metrics(model, avatar, fit: dict) -> dict:
     """Silhouette IoU, whole-head PSNR and face PSNR of ``avatar`` at its source view(s)."""
-    from flexavatar.train.losses import head_region
-
     crops, masks, cameras = fit["crops"], fit["masks"], fit["cameras"]
     with torch.no_grad():
         parts = head_parts(model, crops, masks, cameras, fit["identity"], fit["expressions"])
@@ -144,8 +141,6 @@ def source_view_metrics(model, avatar, fit: dict) -> dict:
 
 def evaluate_photo(model, photo, refine_seconds: float = 0.0) -> dict:
     """Source-view metrics and turntable check of one photo's avatar (refined if ``refine_seconds``)."""
-    from flexavatar.refine import refine
-
     fit = fit_photo(model, photo)
     with torch.no_grad():
         avatar = model.encode(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
