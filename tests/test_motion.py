@@ -79,8 +79,9 @@ def test_calibrated_jaw_retracks_as_the_target_score(model, astronaut):
     """Closed loop on one render: ask for a jawOpen score, render its calibrated weight, re-track."""
     calibration = load_calibration()
     jaw = calibration.names.index("jawOpen")
-    targets = np.zeros((2, len(calibration.names)))
-    targets[:, jaw] = (0.15, 0.35)
+    # scores across the response (0.1..0.6), not only its low end where the raw scale happens to be close
+    targets = np.zeros((6, len(calibration.names)))
+    targets[:, jaw] = np.linspace(0.1, 0.6, 6)
     codes = scores_to_ict(calibration.inverse(targets), calibration.names, np.zeros(NUM_EXPRESSIONS)).astype(np.float32)
     frames = _render(model, astronaut, codes)
     column = MEDIAPIPE_BLENDSHAPE_NAMES.index("jawOpen")
