@@ -17,14 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from flexavatar.camera import Camera, stack_cameras
-from flexavatar.metrics import psnr, ssim_map
+from flexavatar.metrics import photometric_loss, psnr
 from flexavatar.model.avatar import Avatar
 from flexavatar.model.evidence import lift_views
 from flexavatar.model.field import ATTRIBUTE_SLICES
 
 Progress = Callable[[str, float], None]
 
-SSIM_WEIGHT = 0.2
 SILHOUETTE_WEIGHT = 0.5
 #: The update is optimised at 1/DELTA_DOWNSAMPLE of the atlas resolution and upsampled: a smooth
 #: correction (tone, shading, hair edge) carries to other views and expressions; a per-texel one
@@ -160,11 +159,12 @@ def refine(
                 best_psnr = current_psnr
                 best_state = (static.detach().clone(), features.detach().clone())
             prediction = rgb.permute(0, 3, 1, 2)
-            l1 = ((prediction - crops).abs() * pixel_weight).mean()
-            structural = ((1 - ssim_map(prediction, crops)) * pixel_weight).mean()
+            # the shared loss is a weighted mean; scaled by the mean weight it is the plain mean of
+            # weighted pixels, so views with fewer seen pixels count for less
+            photo = photometric_loss(prediction, crops, pixel_weight)["photo"] * pixel_weight.mean()
             pull = ((static - initial).square() * reg_weights * atlas_mask).mean()
             silhouette = (alpha.permute(0, 3, 1, 2) - head).abs().mean()
-            loss = l1 + SSIM_WEIGHT * structural + SILHOUETTE_WEIGHT * silhouette + regularisation * pull
+            loss = photo + SILHOUETTE_WEIGHT * silhouette + regularisation * pull
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
