@@ -9,6 +9,7 @@ test media; tests that need them skip, saying what is missing, when they are not
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ MEDIA = SHARED / "media"
 # Set before any test imports project code: tests never touch the network.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see flexavatar/__init__.py
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Gradio caches uploads by content hash: a private cache per test run, so two runs on one machine
+# (or an app another test starts) never delete each other's uploads mid-request.
+os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="flexavatar-tests-gradio-"))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 

@@ -49,7 +49,8 @@ def clone(tmp_path_factory) -> Path:
 def solo_env(tmp_path_factory) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in OVERRIDES}
     env.update(HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONDONTWRITEBYTECODE="1",
-               FLEXAVATAR_CACHE=str(tmp_path_factory.mktemp("solo-cache")))  # fmt: skip
+               FLEXAVATAR_CACHE=str(tmp_path_factory.mktemp("solo-cache")),
+               GRADIO_TEMP_DIR=str(tmp_path_factory.mktemp("solo-gradio")))  # fmt: skip
     env.pop("PYTHONPATH", None)  # import the clone's package, not this checkout's
     return env
 
