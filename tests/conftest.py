@@ -78,6 +78,12 @@ def shipped_model():
     return load_model()
 
 
+@pytest.fixture(scope="session")
+def model(shipped_model):
+    """The network most tests drive: the shipped checkpoint."""
+    return shipped_model
+
+
 # ------------------------------------------------------------------------------ app (Gradio Space)
 REPO = Path(__file__).resolve().parents[1]
 

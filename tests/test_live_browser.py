@@ -43,9 +43,10 @@ def click_button(driver, root: str, label: str) -> None:
 
 
 def test_live_tab_streams_a_fake_camera(app_url, tmp_path):
+    from imageio_ffmpeg import (
+        get_ffmpeg_exe as ffmpeg_exe,  # as tests/media_checks.py (video.py no longer exports it)
+    )
     from selenium.webdriver.common.by import By
-
-    from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe  # as tests/media_checks.py (video.py no longer exports it)
 
     y4m = tmp_path / "driving.y4m"
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(REPO / "examples/driving.mp4"), "-pix_fmt", "yuv420p",

@@ -21,17 +21,12 @@ from flexavatar.motion import (
     load_calibration,
     scores_to_ict,
 )
-from flexavatar.tracking import detect_face, track_video
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from flexavatar.tracking import detect_face, track_video
 from flexavatar.tracking.video_track import excursion_frames
 from flexavatar.video import iter_frames, probe_video, write_mp4
 
 FPS = 24.0
-
-
-@pytest.fixture(scope="module")
-def model():
-    return pipeline.load_model()
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,6 @@ JAW_OPEN = 26
 
 
 @pytest.fixture(scope="module")
-def model():
-    return pipeline.load_model()
-
-
-@pytest.fixture(scope="module")
 def cli_run(tmp_path_factory, shared_media):
     """``python -m flexavatar run`` on astronaut.png + single_face.mp4, as a user would."""
     out = tmp_path_factory.mktemp("run")

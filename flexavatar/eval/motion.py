@@ -32,8 +32,8 @@ import numpy as np
 
 from flexavatar import pipeline
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
-from flexavatar.tracking import track_video
 from flexavatar.rotations import rotation_angle_deg
+from flexavatar.tracking import track_video
 from flexavatar.train import media_dir
 from flexavatar.video import iter_frames
 
