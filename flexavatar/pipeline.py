@@ -28,6 +28,7 @@ from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
 from flexavatar.motion import MotionCalibration, driving_cameras, driving_expressions, load_calibration
 from flexavatar.options import DEFAULTS, RESOLUTIONS, RequestOptions
 from flexavatar.refine import refine
+from flexavatar.rotations import matrix_to_quat, quat_to_matrix
 from flexavatar.tracking import different_people_warnings, fit_head, track_video, warp_crop
 from flexavatar.video import VideoWriter, iter_frames, probe_video
 
@@ -386,13 +387,15 @@ def export_ply(
     model: FlexAvatarModel | None = None,
     axes: str = "viewer",
     scale: float = 1.0,
+    rotation: torch.Tensor | None = None,
 ) -> Path:
     """The avatar's Gaussians at ``expression`` ([57], default: the source photo's) as a 3DGS .ply.
 
     axes="viewer" (default): centred on the head, +y down and +z away from the viewer — the
     axes of COLMAP-made 3DGS scenes that splat viewers (SuperSplat, gsplat.js, Gradio's
     Model3D) assume, so the head opens upright and facing you. axes="head": canonical head
-    space (+y up, +z out of the face). ``scale`` multiplies positions and sizes (metres at 1).
+    space (+y up, +z out of the face). ``scale`` multiplies positions and sizes (metres at 1);
+    ``rotation`` [3,3], if given, turns the splat about the origin after the axes change.
     """
     if axes not in ("viewer", "head"):
         raise ValueError(f"axes must be 'viewer' or 'head', got {axes!r}")
@@ -406,6 +409,9 @@ def export_ply(
         means = (means - model.head.head_centre().cpu()) * torch.tensor([1.0, -1.0, -1.0])
         w, x, y, z = quats.unbind(-1)
         quats = torch.stack([-x, w, -z, y], -1)
+    if rotation is not None:
+        rotation = rotation.to(means)
+        means, quats = means @ rotation.T, matrix_to_quat(rotation @ quat_to_matrix(quats))
     path = Path(path)
     save_ply(path, means * scale, quats, gaussians["scales"] * scale, gaussians["opacities"], gaussians["colors"])
     return path

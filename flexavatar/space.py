@@ -28,10 +28,8 @@ from PIL import Image
 
 from flexavatar import pipeline
 from flexavatar.errors import InvalidInputError
-from flexavatar.export import load_ply, save_ply
 from flexavatar.model import FlexAvatarModel
 from flexavatar.options import RequestOptions
-from flexavatar.rotations import matrix_to_quat, quat_to_matrix
 
 #: Where each request writes its files (one sub-folder per request).
 OUTPUT_ROOT = Path(os.environ.get("FLEXAVATAR_APP_TMP") or Path(tempfile.gettempdir()) / "flexavatar-app")
@@ -207,11 +205,7 @@ def viewer_rotation(alpha: float, beta: float) -> torch.Tensor:
 def save_viewer_ply(model: FlexAvatarModel, avatar, path: Path) -> Path:
     """The avatar's .ply for the in-page viewer: pipeline's splat-viewer axes and
     :data:`VIEWER_SCALE`, turned to face the viewer's starting camera."""
-    pipeline.export_ply(avatar, path, model=model, scale=VIEWER_SCALE)
-    means, quats, scales, opacities, colors = load_ply(path)
-    rotation = viewer_rotation(*VIEWER_START_ORBIT)
-    save_ply(path, means @ rotation.T, matrix_to_quat(rotation @ quat_to_matrix(quats)), scales, opacities, colors)
-    return path
+    return pipeline.export_ply(avatar, path, model=model, scale=VIEWER_SCALE, rotation=viewer_rotation(*VIEWER_START_ORBIT))
 
 
 def save_preview(model: FlexAvatarModel, avatar, path: Path) -> Path:
