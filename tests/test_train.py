@@ -17,9 +17,10 @@ from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.metrics import photometric_loss, psnr, ssim, ssim_map
 from flexavatar.model import FlexAvatarModel, resolve_config
 from flexavatar.train import EVAL_FRAMES, TRAIN_FRAMES
-from flexavatar.train.monocular import MonocularPairs
+from flexavatar.train.monocular import MonocularPairs, fit_cameras, fit_tensors
 from flexavatar.train.sampler import DensitySampler, histogram_table
-from flexavatar.train.synthetic import SyntheticHeads
+from flexavatar.train.hairstyles import HairGeometry, Hairstyle, hair_shape, random_hairstyle
+from flexavatar.train.synthetic import SyntheticHeads, render_template
 from flexavatar.train.textures import build_texture_bank
 from flexavatar.train.trainer import main as train_main
 
@@ -125,6 +126,37 @@ def test_synthetic_generator_is_deterministic(tiny_model, one_photo_bank):
     assert max(facing) > 0 and min(facing) < 0
 
 
+def test_synthetic_hair_volumes_reach_beyond_the_bald_silhouette(tiny_model, one_photo_bank):
+    heads = SyntheticHeads(tiny_model, one_photo_bank, num_inputs=1, num_targets=2)
+    samples = [heads.sample(seed) for seed in range(12)]
+    styles = {s.info["hairstyle"] for s in samples}
+    assert {"short", "bob", "long"} <= styles, styles  # every style shows up in a few draws
+    sample = next(s for s in samples if s.info["hairstyle"] == "long")
+    heights = sample.info["hair_heights"]
+    assert 0.03 < heights.max() < 0.15  # metres along the normal: shoulder-length hair
+    grey = torch.full((tiny_model.atlas.num_texels, 3), 0.5)
+    cameras = sample.cameras + sample.target_cameras
+    expressions = torch.cat([sample.expressions, sample.target_expressions])
+    style = Hairstyle(heights=heights, coverage=np.zeros_like(heights), style="long")
+    _, hair_alpha = render_template(tiny_model, grey, sample.identity, expressions, cameras, shape=hair_shape(style))
+    _, bald_alpha = render_template(tiny_model, grey, sample.identity, expressions, cameras)
+    beyond = (hair_alpha > 0.5) & (bald_alpha < 0.1)  # [V+T,1,S,S]: hair outside the bald head
+    # the input mask is the hair head's alpha, not the bald template's
+    assert torch.allclose(sample.masks, hair_alpha[:1], atol=1e-4)
+    assert int(beyond[:1].sum()) > 0.02 * beyond[0].numel()
+    hair_pixels = beyond[1:]
+    assert int(hair_pixels.sum()) > 0.01 * hair_pixels.numel()
+    # those pixels count in the loss and show hair (not the white background) in the targets
+    assert bool((sample.loss_region[hair_pixels] == 1).all())
+    assert float(sample.target_images.mean(1, keepdim=True)[hair_pixels].mean()) < 0.9
+    # a bald style lifts nothing; the hair chart is the carving's (no hair on the face below the brows)
+    geometry = HairGeometry(tiny_model.head, tiny_model.atlas)
+    assert random_hairstyle(geometry, np.random.default_rng(0), "bald").heights.max() == 0
+    long_hair = random_hairstyle(geometry, np.random.default_rng(0), "long")
+    below_brows = geometry.face & (geometry.canonical[:, 1] < geometry.brow_y)
+    assert long_hair.heights[below_brows].max() == 0 and long_hair.heights[geometry.chart].max() > 0.02
+
+
 def test_monocular_pairs_yield_class_1(tiny_model, shared_media):  # trains on ../shared/media
     pairs = MonocularPairs(tiny_model, num_pairs=2)
     assert len(pairs) == 2
@@ -137,6 +169,15 @@ def test_monocular_pairs_yield_class_1(tiny_model, shared_media):  # trains on .
     assert not {s for _, s, t in pairs.pairs} & set(EVAL_FRAMES)
     assert sample.identity.shape == (tiny_model.config.num_identity,)
     assert 0.05 < float(sample.loss_region.mean()) < 0.95  # the head region, not the whole crop
+    # the loss covers the whole head (hair included) of the target and none of the clothes
+    crops, masks = fit_tensors(pairs.fit(0))
+    with torch.no_grad():
+        parts = tiny_model.whole_head(crops[1:], masks[1:], fit_cameras(pairs.fit(0))[1:], sample.identity,
+                                      sample.target_expressions).parts  # fmt: skip
+    hair, clothes = parts.hair > 0.5, parts.clothes > 0.5
+    assert int(hair.sum()) > 0.02 * hair.numel() and int(clothes.sum()) > 0.02 * clothes.numel()
+    assert bool((sample.loss_region[hair] == 1).all())
+    assert int((sample.loss_region > 0)[clothes].sum()) == 0
     assert float(sample.pixel_weight.max()) == pytest.approx(3.0)  # mouth box on a frontal frame
     assert pairs.target_expressions().shape == (2, NUM_EXPRESSIONS)
 

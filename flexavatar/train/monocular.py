@@ -4,6 +4,11 @@ Every pair (s, t) of training frames is tracked jointly with ``fit_head([frame_s
 (one shared ICT identity, a camera and an expression per frame); the crops, masks and fits
 are cached as ``.npz`` under ``$FLEXAVATAR_CACHE``, so only the first run pays for tracking.
 The eval (:mod:`flexavatar.eval.evaluate`) uses the same cached fits.
+
+The loss covers the whole head of the target frame (:func:`whole_head_region`): its hair and
+skin (the person mask minus clothes and shoulders, split as the network's carving splits it),
+grown a little so the silhouette's edge counts on both sides, together with the dilated ICT
+head silhouette; clothes never count.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from flexavatar.assets import cache_dir
 from flexavatar.camera import Camera
 from flexavatar.tracking.fit import fit_head
 from flexavatar.train import DEFAULT_VIDEO, MONOCULAR, TRAIN_FRAMES, TrainingSample, media_dir
-from flexavatar.train.losses import head_region, mouth_weight_map
+from flexavatar.train.losses import HEAD_REGION_DILATE, head_region, mouth_weight_map
 from flexavatar.video import iter_frames
 
 FIT_VERSION = "1"
@@ -91,6 +97,20 @@ def fit_tensors(fit: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]
     return crops, masks
 
 
+@torch.no_grad()
+def whole_head_region(model, crops, masks, cameras: list[Camera], identity, expressions) -> torch.Tensor:
+    """[V,1,S,S] 0/1 loss region of crops [V,3,S,S] (masks [V,1,S,S], their fit): the head part of
+    the person mask (skin + hair, :meth:`FlexAvatarModel.whole_head`), dilated by half of
+    HEAD_REGION_DILATE of the crop, united with the ICT head silhouette dilated by
+    HEAD_REGION_DILATE (:func:`head_region`), minus the clothes (person mask below the collar)."""
+    parts = model.whole_head(crops, masks, cameras, identity, expressions).parts
+    size = crops.shape[-1]
+    grow = max(1, int(round(HEAD_REGION_DILATE * size / 2)))
+    head = F.max_pool2d((parts.head > 0.5).float(), 2 * grow + 1, 1, grow)
+    face = torch.stack([head_region(model.head, identity, e, c) for e, c in zip(expressions, cameras)]).to(head)
+    return torch.maximum(head, face) * (parts.clothes <= 0.5).float()
+
+
 def make_pairs(frames, num_pairs: int | None = None, seed: int = 0) -> list[tuple[int, int]]:
     """(source, target) pairs within ``frames``: every frame is a target once (or ``num_pairs``
     evenly spaced targets); its source is a random other frame at least MIN_PAIR_GAP away."""
@@ -125,6 +145,7 @@ class MonocularPairs:
         for vi, _ in enumerate(self.videos):
             self.pairs += [(vi, s, t) for s, t in make_pairs(frames, num_pairs, seed + vi)]
         self._fits: dict[int, dict] = {}
+        self._regions: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -145,9 +166,14 @@ class MonocularPairs:
         cameras = fit_cameras(fit)
         identity = torch.from_numpy(fit["identity"])
         expressions = torch.from_numpy(fit["expressions"])
-        head = self.model.head
-        region = head_region(head, identity, expressions[1], cameras[1])[None]
-        weight = mouth_weight_map(head, identity, expressions[1:], cameras[1:], self.mouth_weight)
+        if index not in self._regions:  # the mask split and carving cost ~0.1 s: once per pair
+            device = self.model.device
+            self._regions[index] = whole_head_region(
+                self.model, crops[1:].to(device), masks[1:].to(device), [c.to(device) for c in cameras[1:]],
+                identity.to(device), expressions[1:].to(device),
+            ).cpu()
+        region = self._regions[index]
+        weight = mouth_weight_map(self.model.head, identity, expressions[1:], cameras[1:], self.mouth_weight)
         vi, s, t = self.pairs[index]
         return TrainingSample(
             images=crops[:1], masks=masks[:1], cameras=cameras[:1], identity=identity, expressions=expressions[:1],

@@ -4,8 +4,14 @@ A sample (deterministic in its seed): identity ~ N(0, 0.8²) on the first K mode
 random expressions (jawOpen often, blinks sometimes); a texture from the bank, augmented
 (:mod:`flexavatar.train.textures`); cameras: ``num_inputs`` frontal-ish views (azimuth ±30°,
 elevation ±15°) framed like the real head crops, ``num_targets`` views anywhere on the sphere
-(back included). The ground truth is rendered from the template Gaussians (no network
-involved): colour = texture, every other attribute at its template value; alpha is the mask.
+(back included). Each head gets a random hair volume (:mod:`flexavatar.train.hairstyles`:
+bald, short, bob or long, fringe or not) textured from a hair swatch of a real photo (recoloured
+half the time). The ground truth is rendered from the template Gaussians (no network involved)
+lifted onto that hair shell by :func:`flexavatar.model.hair.shell_maps`, the parametrisation the
+network's base uses: colour = texture (hair where the style covers), offsets and scales from the
+hair heights, every other attribute at its template value; alpha is the input mask. The network
+then carves its own hull from those inputs (``encode``, as at inference) and learns to complete
+what the carving misses; the loss covers every pixel of the targets, back views included.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ import torch
 from flexavatar.camera import Camera, intrinsics, look_at, stack_cameras
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, ICT_EXPRESSION_NAMES, NUM_EXPRESSIONS
 from flexavatar.model.field import ATTRIBUTE_SLICES, NUM_ATTRIBUTES, gaussians_from_attributes
+from flexavatar.model.hair import WholeHead, shell_maps
 from flexavatar.render import rasterize
 from flexavatar.train import MULTI_VIEW, TrainingSample
+from flexavatar.train.hairstyles import HairGeometry, hair_shape, hair_texture, random_hairstyle
 from flexavatar.train.losses import mouth_weight_map
-from flexavatar.train.textures import TextureAugmenter, build_texture_bank
+from flexavatar.train.textures import HAIR_COLOURS, TextureAugmenter, build_texture_bank
 
 IDENTITY_STD = 0.8
 #: Crops span this many metres at the face (tracking.crop: 34 cm), jittered ±10%.
@@ -98,25 +106,45 @@ def random_camera(rng, centre: torch.Tensor, size: int, frontal: bool) -> Camera
     return Camera(roll_matrix @ viewmat, intrinsics(focal, size, size), size, size)
 
 
-# ----------------------------------------------------------------------------------- textures
+# ----------------------------------------------------------------------------------- hair colour
+def random_swatch(swatches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A hair swatch [Q,3] from a real photo's (swatches [M,Q,3]), recoloured to a palette colour
+    half the time (its light/dark texture kept), brightness jittered."""
+    swatch = swatches[int(rng.integers(len(swatches)))]
+    if rng.random() < 0.5:
+        target = HAIR_COLOURS[int(rng.integers(len(HAIR_COLOURS)))]
+        swatch = swatch * (target / np.clip(swatch.mean(0), 0.02, None))
+    return np.clip(swatch * np.exp(rng.normal(0, 0.1)), 0, 1)
+
+
 # ----------------------------------------------------------------------------------- rendering
-def template_attributes(model, texture: torch.Tensor) -> torch.Tensor:
-    """[1,N,14] per-texel attributes of the ground-truth head: colour = texture [N,3], rest template."""
-    attributes = torch.zeros(1, model.atlas.num_texels, NUM_ATTRIBUTES, device=texture.device)
+def template_attributes(model, texture: torch.Tensor, shape: WholeHead | None = None,
+                        spacing: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """[1,N,14] per-texel attributes of the ground-truth head: colour = texture [N,3]; offsets and
+    scales of the hair shell of ``shape`` (:func:`~flexavatar.model.hair.shell_maps`, spacing [N]
+    metres of this head), the rest at the template's values."""
+    atlas, cfg = model.atlas, model.config
+    if shape is None:
+        base = torch.zeros(1, NUM_ATTRIBUTES, atlas.resolution, atlas.resolution, device=texture.device)
+    else:
+        base = shell_maps(atlas, shape, spacing, cfg.scale_normal, cfg.offset_unit_m)[None]
+    attributes = atlas.gather(base).clone()
     attributes[..., ATTRIBUTE_SLICES["colour"]] = texture
     return attributes
 
 
 @torch.no_grad()
-def render_template(model, texture, identity, expressions, cameras, background=(1.0, 1.0, 1.0)):
-    """Render the template Gaussians (no network) coloured by ``texture`` [N,3]: frame b at
-    expressions[b] from cameras[b]. Returns rgb [B,3,S,S] and alpha [B,1,S,S]."""
+def render_template(model, texture, identity, expressions, cameras, background=(1.0, 1.0, 1.0),
+                    shape: WholeHead | None = None):  # fmt: skip
+    """Render the template Gaussians (no network) coloured by ``texture`` [N,3] and lifted onto
+    the hair shell of ``shape`` (none: bald): frame b at expressions[b] from cameras[b].
+    Returns rgb [B,3,S,S] and alpha [B,1,S,S]."""
     device = model.device
     identity, expressions, texture = identity.to(device), expressions.to(device), texture.to(device)
     vertices = model.head.vertices(identity[None].expand(len(expressions), -1), expressions)
     cfg = model.config
-    attributes = template_attributes(model, texture).expand(len(expressions), -1, -1)
     spacing = model.spacing(model.head.vertices(identity[None]))
+    attributes = template_attributes(model, texture, shape, spacing).expand(len(expressions), -1, -1)
     gaussians = gaussians_from_attributes(model.atlas, vertices, attributes, spacing,
                                           cfg.scale_tangent, cfg.scale_normal, cfg.offset_unit_m,
                                           cfg.init_opacity)  # fmt: skip
@@ -157,6 +185,11 @@ class SyntheticHeads:
         )  # [M,N,3]
         self.bank_names = [str(n) for n in bank["names"]]
         self.augment = TextureAugmenter(model.head, atlas)
+        self.hair_geometry = HairGeometry(model.head, atlas)
+        found = np.asarray(bank.get("hair_found", []), bool)
+        # banks without a usable swatch (no hair in any photo) fall back to flat palette colours
+        self.swatches = (np.asarray(bank["hair"])[found] if found.any()
+                         else np.linspace(0.7, 1.3, 32)[None, :, None] * HAIR_COLOURS[:, None])  # fmt: skip
         self.num_inputs, self.num_targets = num_inputs, num_targets
         self.pool = pool
         self.mouth_weight = mouth_weight
@@ -183,7 +216,11 @@ class SyntheticHeads:
         rng = np.random.default_rng([int(seed), 7013])
         identity = torch.from_numpy(random_identity(rng, self.num_identity))
         texture_id = int(rng.integers(len(self.textures)))
-        texture = torch.from_numpy(self.augment(self.textures[texture_id], rng))
+        texture = self.augment(self.textures[texture_id], rng)
+        hairstyle = random_hairstyle(self.hair_geometry, rng)
+        hair_rgb = hair_texture(self.hair_geometry.canonical, random_swatch(self.swatches, rng), rng)
+        coverage = hairstyle.coverage[:, None]
+        texture = torch.from_numpy((texture * (1 - coverage) + hair_rgb * coverage).astype(np.float32))
         input_expr = random_expression(rng)
         inputs = [
             input_expr if rng.random() < 0.7 else random_expression(rng) for _ in range(self.num_inputs)
@@ -199,7 +236,8 @@ class SyntheticHeads:
         ]
         # one render call for inputs and targets
         expressions = torch.from_numpy(np.stack(inputs + targets))
-        rgb, alpha = render_template(self.model, texture, identity, expressions, input_cams + target_cams)
+        rgb, alpha = render_template(self.model, texture, identity, expressions, input_cams + target_cams,
+                                     shape=hair_shape(hairstyle, self.model.device))  # fmt: skip
         rgb, alpha = rgb.cpu(), alpha.cpu()
         v = self.num_inputs
         target_expr = expressions[v:]
@@ -208,5 +246,6 @@ class SyntheticHeads:
             images=rgb[:v], masks=alpha[:v], cameras=input_cams, identity=identity, expressions=expressions[:v],
             target_images=rgb[v:], target_cameras=target_cams, target_expressions=target_expr,
             loss_region=torch.ones_like(alpha[v:]), pixel_weight=weight, data_source=MULTI_VIEW,
-            info={"seed": int(seed), "texture": self.bank_names[texture_id]},
+            info={"seed": int(seed), "texture": self.bank_names[texture_id], "hairstyle": hairstyle.style,
+                  "hair_heights": hairstyle.heights},  # fmt: skip
         )  # fmt: skip

@@ -5,6 +5,12 @@ frames of the default video) is tracked (``fit_head``) and its pixels lifted ont
 atlas (:func:`flexavatar.model.evidence.uv_evidence`, the same lifting the network uses).
 The bank is cached as ``.npz`` under ``$FLEXAVATAR_CACHE``.
 
+Hair swatches: the same fit splits each photo's person mask into skin / hair / clothes
+(:func:`flexavatar.model.hair.whole_head`, the split the network's carving uses); the colours
+of its solid hair pixels, sorted by luminance, become a swatch of :data:`SWATCH_SIZE` quantiles
+(the hair texture of :mod:`flexavatar.train.hairstyles`). A photo with too few hair pixels has
+no swatch (``hair_found`` 0).
+
 Augmentation (:class:`TextureAugmenter`): global brightness/contrast/hue/white-balance
 jitter, skin-tone shift, lip and brow tints and a random hair colour on the scalp
 (back-of-head chart and the face chart above a random hairline).
@@ -23,11 +29,14 @@ from flexavatar.assets import cache_dir
 from flexavatar.head.atlas import REGION_INDEX
 from flexavatar.images import read_image
 from flexavatar.model.evidence import uv_evidence
+from flexavatar.model.hair import MIN_HAIR_PIXELS, whole_head
 from flexavatar.tracking.fit import fit_head
 from flexavatar.train import DEFAULT_VIDEO, TEXTURE_PHOTOS, TEXTURE_VIDEO_FRAMES, media_dir
 from flexavatar.video import iter_frames
 
-BANK_VERSION = "1"
+BANK_VERSION = "3"
+#: Luminance quantiles in a hair swatch.
+SWATCH_SIZE = 32
 HAIR_COLOURS = np.array(
     [[0.06, 0.05, 0.05], [0.15, 0.10, 0.07], [0.28, 0.18, 0.11], [0.45, 0.32, 0.20], [0.70, 0.58, 0.38],
      [0.55, 0.25, 0.12], [0.60, 0.60, 0.60], [0.85, 0.83, 0.80]], dtype=np.float32)  # fmt: skip
@@ -63,7 +72,8 @@ def _load_source(source) -> np.ndarray:
 def build_texture_bank(
     head, atlas, crop_size: int = 256, sources=None, cache: bool = True
 ) -> dict[str, np.ndarray]:
-    """Lift real faces onto the atlas: {"colour": [M,3,R,R] float32, "coverage": [M,1,R,R], "names"}.
+    """Lift real faces onto the atlas: {"colour": [M,3,R,R] float32, "coverage": [M,1,R,R],
+    "hair": [M,Q,3] hair swatch (colours sorted by luminance), "hair_found": [M] 0/1, "names"}.
 
     Cached under ``$FLEXAVATAR_CACHE`` by atlas resolution, crop size and the source files.
     A source whose face cannot be tracked is skipped.
@@ -79,7 +89,7 @@ def build_texture_bank(
     if cache and cache_path.is_file():
         with np.load(cache_path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    colours, coverages, names = [], [], []
+    colours, coverages, swatches, found, names = [], [], [], [], []
     for name, source in sources:
         try:
             fit = fit_head(
@@ -95,18 +105,39 @@ def build_texture_bank(
             viewmats = torch.stack([c.viewmat for c in fit.cameras])
             Ks = torch.stack([c.K for c in fit.cameras])
             evidence = uv_evidence(atlas, vertices, crops, masks, viewmats, Ks)
+            neutral = head.vertices(fit.identity[None])
+            parts = whole_head(atlas, head.landmarks_multipie68, neutral, vertices, crops, masks, viewmats, Ks).parts
+        swatch, has_hair = hair_swatch(crops, parts.hair)
         colours.append(evidence[:3].numpy())
         coverages.append(evidence[3:].numpy())
+        swatches.append(swatch)
+        found.append(has_hair)
         names.append(name)
     if not colours:
         raise RuntimeError("no face could be tracked in any texture source")
     bank = {"colour": np.stack(colours).astype(np.float32), "coverage": np.stack(coverages).astype(np.float32),
+            "hair": np.stack(swatches).astype(np.float32), "hair_found": np.array(found, np.float32),
             "names": np.array(names)}  # fmt: skip
     if cache:
         tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
         np.savez_compressed(tmp, **bank)
         tmp.replace(cache_path)
     return bank
+
+
+def hair_swatch(crops: torch.Tensor, hair: torch.Tensor, size: int = SWATCH_SIZE) -> tuple[np.ndarray, bool]:
+    """Swatch [size,3] of the solid hair pixels (hair [V,1,S,S] > 0.9) of crops [V,3,S,S]: the mean
+    colour of each of ``size`` luminance bins (equal pixel counts), dark to light, between the
+    5% and 90% luminance quantiles (rim pixels mixed with the background and specular glints
+    left out); and whether there were at least MIN_HAIR_PIXELS of them (else the swatch is a
+    flat dark brown)."""
+    pixels = crops.permute(0, 2, 3, 1).reshape(-1, 3)[hair.reshape(-1) > 0.9].numpy()
+    if len(pixels) < max(MIN_HAIR_PIXELS, size):
+        return np.tile(HAIR_COLOURS[1], (size, 1)), False
+    pixels = pixels[np.argsort(pixels.mean(1), kind="stable")]
+    pixels = pixels[int(0.05 * len(pixels)) : int(0.9 * len(pixels))]
+    bins = np.array_split(pixels, size)
+    return np.stack([b.mean(0) for b in bins]), True
 
 
 # ----------------------------------------------------------------------------------- augmentation
