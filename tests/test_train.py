@@ -17,9 +17,9 @@ from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.metrics import photometric_loss, psnr, ssim, ssim_map
 from flexavatar.model import FlexAvatarModel, resolve_config
 from flexavatar.train import EVAL_FRAMES, TRAIN_FRAMES
+from flexavatar.train.hairstyles import HairGeometry, Hairstyle, hair_shape, random_hairstyle
 from flexavatar.train.monocular import MonocularPairs, fit_cameras, fit_tensors
 from flexavatar.train.sampler import DensitySampler, histogram_table
-from flexavatar.train.hairstyles import HairGeometry, Hairstyle, hair_shape, random_hairstyle
 from flexavatar.train.synthetic import SyntheticHeads, render_template
 from flexavatar.train.textures import build_texture_bank
 from flexavatar.train.trainer import main as train_main
@@ -138,7 +138,9 @@ def test_synthetic_hair_volumes_reach_beyond_the_bald_silhouette(tiny_model, one
     cameras = sample.cameras + sample.target_cameras
     expressions = torch.cat([sample.expressions, sample.target_expressions])
     style = Hairstyle(heights=heights, coverage=np.zeros_like(heights), style="long")
-    _, hair_alpha = render_template(tiny_model, grey, sample.identity, expressions, cameras, shape=hair_shape(style))
+    _, hair_alpha = render_template(
+        tiny_model, grey, sample.identity, expressions, cameras, shape=hair_shape(style)
+    )
     _, bald_alpha = render_template(tiny_model, grey, sample.identity, expressions, cameras)
     beyond = (hair_alpha > 0.5) & (bald_alpha < 0.1)  # [V+T,1,S,S]: hair outside the bald head
     # the input mask is the hair head's alpha, not the bald template's

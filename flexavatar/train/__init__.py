@@ -1,7 +1,8 @@
 """Training: synthetic multi-view data, monocular video pairs, density sampler, losses, trainer.
 
 One idea per module: :mod:`.synthetic` (ICT heads rendered from random cameras, class 0) with
-:mod:`.textures` (the bank of real faces lifted to the atlas, and their augmentation);
+:mod:`.textures` (the bank of real faces lifted to the atlas, their hair swatches, and their
+augmentation) and :mod:`.hairstyles` (random hair volumes over the back-of-head chart);
 :mod:`.monocular` (tracked frame pairs of real videos, class 1); :mod:`.sampler` (expression
 density adjustment); :mod:`.losses` (regularisers, mouth and head-region maps; the photometric
 loss is :func:`flexavatar.metrics.photometric_loss`); :mod:`.trainer` (the loop) with

@@ -50,11 +50,13 @@ def write_model_card(folder: Path, state: dict) -> None:
         "",
         f"- steps: {state.get('step')}, wall clock: {state.get('elapsed_total_s', 0) / 60:.1f} min, "
         f"device: {state.get('device')}, processes: {state.get('num_processes')}, batch/process: {state.get('batch')}",
-        f"- data: synthetic multi-view ICT heads with textures lifted from real photos (class 0) and "
+        f"- data: synthetic multi-view ICT heads with textures lifted from real photos and random hair "
+        f"volumes textured from their hair (class 0) and "
         f"tracked pairs of frames {state.get('train_frames')} of `{state.get('video')}` (class 1, fraction "
         f"{state.get('mono_fraction')}), density-adjusted expression sampling; frames "
         f"{state.get('eval_frames')} are held out for evaluation",
-        f"- loss: masked L1 + 0.2·(1−SSIM), mouth ×3, small offset/scale regularisers; "
+        f"- loss: L1 + 0.2·(1−SSIM) over the whole image (synthetic) or the whole head, hair included "
+        f"and clothes left out (real frames), mouth ×3, small offset/scale regularisers; "
         f"last-100-step mean {state.get('recent_loss')}",
         f"- command: `{state.get('command')}`",
         f"- weights: {size_mb:.1f} MB",

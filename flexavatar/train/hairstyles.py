@@ -76,7 +76,9 @@ class HairGeometry:
         self.num_texels = len(y)
 
 
-def smooth_noise(points: np.ndarray, rng: np.random.Generator, wavelength_m: float, waves: int = 4) -> np.ndarray:
+def smooth_noise(
+    points: np.ndarray, rng: np.random.Generator, wavelength_m: float, waves: int = 4
+) -> np.ndarray:
     """[N] smooth noise of unit variance over points [N,3] metres: random 3D sinusoids of about
     ``wavelength_m`` (smooth across UV seams: a function of the surface point, not of UV)."""
     directions = rng.standard_normal((waves, 3))
@@ -120,7 +122,12 @@ def random_hairstyle(geometry: HairGeometry, rng: np.random.Generator, style: st
     if rng.random() < 0.45:  # a fringe: a thin layer over the forehead down toward the brows
         fringe_line = g.brow_y + rng.uniform(0.004, 0.03) + 0.006 * smooth_noise(points, rng, 0.06)
         half_width = rng.uniform(0.05, 0.08)
-        fringe = g.face * (y > g.brow_y) * _sigmoid((y - fringe_line) / EDGE_SOFTNESS_M) * _sigmoid((half_width - np.abs(x)) / 0.01)
+        fringe = (
+            g.face
+            * (y > g.brow_y)
+            * _sigmoid((y - fringe_line) / EDGE_SOFTNESS_M)
+            * _sigmoid((half_width - np.abs(x)) / 0.01)
+        )
         heights = heights + fringe * rng.uniform(0.002, 0.008)
         coverage = np.maximum(coverage, fringe)
     else:  # a hairline above the forehead (colour only, on the surface)

@@ -6,8 +6,10 @@ total = L1 + 0.2·(1 − SSIM)   (:func:`flexavatar.metrics.photometric_loss`) o
       + 0.01·mean(static offset² + scale²) + 0.01·mean(dynamic offset² + scale² + rotation²)
 
 Both images are composited on white. For synthetic samples the region is the whole image (the
-ground truth is exactly representable); for real frames it is the ICT head's silhouette at the
-tracked pose, dilated to take in hair (shoulders and clothes are not part of the avatar).
+ground truth, hair volume included, is exactly representable); for real frames it is the whole
+head: the head part of the person mask (hair and skin) grown a little, with the ICT head's
+silhouette at the tracked pose dilated by :data:`HEAD_REGION_DILATE`, minus the clothes
+(:func:`flexavatar.train.monocular.whole_head_region`; shoulders and clothes are not part of the avatar).
 """
 
 from __future__ import annotations

@@ -107,7 +107,9 @@ def whole_head_region(model, crops, masks, cameras: list[Camera], identity, expr
     size = crops.shape[-1]
     grow = max(1, int(round(HEAD_REGION_DILATE * size / 2)))
     head = F.max_pool2d((parts.head > 0.5).float(), 2 * grow + 1, 1, grow)
-    face = torch.stack([head_region(model.head, identity, e, c) for e, c in zip(expressions, cameras)]).to(head)
+    face = torch.stack([head_region(model.head, identity, e, c) for e, c in zip(expressions, cameras)]).to(
+        head
+    )
     return torch.maximum(head, face) * (parts.clothes <= 0.5).float()
 
 
@@ -169,8 +171,12 @@ class MonocularPairs:
         if index not in self._regions:  # the mask split and carving cost ~0.1 s: once per pair
             device = self.model.device
             self._regions[index] = whole_head_region(
-                self.model, crops[1:].to(device), masks[1:].to(device), [c.to(device) for c in cameras[1:]],
-                identity.to(device), expressions[1:].to(device),
+                self.model,
+                crops[1:].to(device),
+                masks[1:].to(device),
+                [c.to(device) for c in cameras[1:]],
+                identity.to(device),
+                expressions[1:].to(device),
             ).cpu()
         region = self._regions[index]
         weight = mouth_weight_map(self.model.head, identity, expressions[1:], cameras[1:], self.mouth_weight)

@@ -106,7 +106,9 @@ def build_texture_bank(
             Ks = torch.stack([c.K for c in fit.cameras])
             evidence = uv_evidence(atlas, vertices, crops, masks, viewmats, Ks)
             neutral = head.vertices(fit.identity[None])
-            parts = whole_head(atlas, head.landmarks_multipie68, neutral, vertices, crops, masks, viewmats, Ks).parts
+            parts = whole_head(
+                atlas, head.landmarks_multipie68, neutral, vertices, crops, masks, viewmats, Ks
+            ).parts
         swatch, has_hair = hair_swatch(crops, parts.hair)
         colours.append(evidence[:3].numpy())
         coverages.append(evidence[3:].numpy())
