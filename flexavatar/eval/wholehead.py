@@ -5,7 +5,8 @@ For each photo, the avatar is made feed-forward (and optionally refined) and mea
 * at the source view: silhouette IoU of the rendered alpha (> 0.5) against the head part of
   the person mask (person mask minus clothes and shoulders, :mod:`flexavatar.tracking.parsing`:
   what an avatar of the head should cover), PSNR over that whole head (hair included) and the
-  face-only PSNR (person mask x the fitted ICT head's silhouette, as the self-reenactment table);
+  face PSNR (that head mask x the fitted ICT head's dilated silhouette, :func:`face_region`, as
+  the self-reenactment table);
 * on a turntable (:data:`TURNTABLE_FRAMES` frames, 256²): the fraction of frames of the front
   quarter (azimuth within 45° of the face) where MediaPipe finds a face, the same for the back
   quarter (within 45° of the back: should be 0), and the colour noise of the back views relative
@@ -43,6 +44,14 @@ def head_parts(model, crops, masks, cameras, identity, expressions) -> PersonPar
     landmarks = model.head.landmarks_multipie68
     device = crops.device
     return whole_head(model.atlas, landmarks, neutral, vertices, crops, masks, viewmats.to(device), Ks.to(device)).parts
+
+
+def face_region(model, identity, expression, camera, head_mask: torch.Tensor) -> torch.Tensor:
+    """[H,W] region of the face metrics: the fitted ICT head's silhouette (dilated for hair,
+    :func:`~flexavatar.train.losses.head_region`) inside head_mask [H,W] (the head part of the
+    person mask: the ICT neck reaches below the collar, and a shirt there is no avatar's)."""
+    region = head_region(model.head, identity, expression, camera)[0]
+    return region.to(head_mask) * head_mask
 
 
 def silhouette_iou(alpha: torch.Tensor, target: torch.Tensor) -> float:
@@ -130,8 +139,7 @@ def source_view_metrics(model, avatar, fit: dict) -> dict:
         rgb, alpha = model.render(avatar, cameras, fit["expressions"])
     target = crops.permute(0, 2, 3, 1)
     head = parts.head.permute(0, 2, 3, 1)
-    face = torch.stack([head_region(model.head, fit["identity"], e, c)[0] for e, c in zip(fit["expressions"], cameras)])
-    face = face.to(masks) * masks[:, 0]
+    face = torch.stack([face_region(model, fit["identity"], e, c, h[0]) for e, c, h in zip(fit["expressions"], cameras, parts.head)])
     return {
         "iou": silhouette_iou(alpha, head),
         "head_psnr": psnr(rgb, target, head),
