@@ -33,8 +33,9 @@ MAX_HEIGHT_M = 0.15
 HEIGHT_STEPS = 40
 #: A view constrains a texel's height when sin² of the angle between normal and view ray is above this.
 RIM_SIN2 = 0.6
-#: Heights stop this far inside the silhouette (about one shell Gaussian's in-plane sigma).
-SHELL_MARGIN_M = 0.012
+#: Heights stop this far inside the silhouette: two of a lifted Gaussian's sigmas along the normal
+#: (SHELL_MAX_SIGMA_M), so the rendered edge (alpha 0.5) lands on the silhouette, not beyond it.
+SHELL_MARGIN_M = 0.008
 #: A texel seen this squarely (cosine) on skin carries no hair.
 BARE_COSINE = 0.4
 #: The hair shell's in-plane size grows like the sphere it lies on: radius of that sphere (m).
@@ -44,7 +45,7 @@ SHELL_WIDEN_LOG = 0.25
 #: Thickness along the normal: a lifted Gaussian is this fraction of its height thick (no gaps),
 #: up to SHELL_MAX_SIGMA_M (a thicker Gaussian reads as fog, not hair).
 SHELL_THICKNESS = 0.15
-SHELL_MAX_SIGMA_M = 0.006
+SHELL_MAX_SIGMA_M = 0.004
 #: Hair grows behind this plane of the neutral head (z, metres: about the ear canals) or above
 #: the brows: not on the front of the neck or under the chin.
 HAIR_FRONT_Z_M = 0.0
@@ -93,6 +94,15 @@ def _project(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor) -> 
     """points [V,M,3] metres -> pixels [V,M,2] of each view."""
     cam = points @ viewmats[:, :3, :3].transpose(1, 2) + viewmats[:, None, :3, 3]
     return (cam @ Ks.transpose(1, 2))[..., :2] / cam[..., 2:3].clamp_min(1e-6)
+
+
+def _off_silhouette(pix: torch.Tensor, silhouettes: torch.Tensor) -> torch.Tensor:
+    """[N] bool: points at pix [V,N,2] fall off silhouettes [V,1,S,S] in some view (outside the
+    crop nothing is known: such a point is kept)."""
+    size = silhouettes.shape[-1]
+    grid = (pix / size * 2 - 1)[:, :, None] * size / (size + 2)
+    on = F.grid_sample(F.pad(silhouettes, (1, 1, 1, 1), value=1.0), grid, align_corners=False)
+    return (on[:, 0, :, 0] < 0.5).any(0)
 
 
 def parsing_seeds(atlas, canonical, landmarks, neutral_landmarks, pix, visible, cosine, masks):
@@ -207,9 +217,8 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     # a surface point is cut when it is off the head in some view (one pixel in from the
     # silhouette's edge: the shell of Gaussians reaches a little beyond its centres)
     eroded = -F.max_pool2d(-silhouettes, 3, 1, 1)
+    outside = _off_silhouette(pix, eroded)
     grid = (pix / size * 2 - 1)[:, :, None]
-    on_head = F.grid_sample(F.pad(eroded, (1, 1, 1, 1), value=1.0), grid * size / (size + 2), align_corners=False)
-    outside = (on_head[:, 0, :, 0] < 0.5).any(0)
     # where a view sees the surface itself as skin (face, neck, ears), there is no hair on it
     skin = F.grid_sample(parts.skin, grid, mode="bilinear", align_corners=False)[:, 0, :, 0]  # [V,N]
     bare = ((skin > 0.5) & visible & (cosine > BARE_COSINE)).any(0)
@@ -223,7 +232,13 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     chin_y = neutral[0, landmark_ids[CHIN], 1]
     neck = canonical[:, 1] < chin_y
     heights = torch.where(neck & (rim < RIM_SIN2), torch.zeros_like(heights), heights)
-    carved = chart | (atlas.region == REGION_INDEX["face"])
+    # a lifted texel whose centre some view shows off the head (heights interpolated or blurred
+    # past the hull, a neck texel lifted beside a collar) is outside the hull too
+    lifted = _project(points + normals * heights[None, :, None], viewmats, Ks)
+    outside = outside | (_off_silhouette(lifted, eroded) & (heights > 0))
+    # every surface texel is cut where a view shows it off the head (the front of the neck over a
+    # shirt too, which carries no hair and so is not on the hair chart)
+    carved = (atlas.region == REGION_INDEX["back_head"]) | (atlas.region == REGION_INDEX["face"])
     return WholeHead(heights=heights, rim=rim * chart, outside_hull=outside & carved, parts=parts,
                      back_rgb=back_colour(images, parts))  # fmt: skip
 

@@ -114,6 +114,9 @@ def split_person_mask(
 
     rows = torch.arange(size, device=images.device, dtype=images.dtype)[None, None, :, None]
     lower = (rows > hang_rows.to(images.dtype)[:, None, None, None]).float().expand(-1, 1, -1, size)
+    # skin lies on the fitted head; above the lips, what the mask shows beyond it is hair
+    # (light hair whose highlights are skin-coloured)
+    hair_like = torch.maximum(hair_like, (1 - neck) * (1 - lower) * solid)
     # below the upper lip, hair only where it hangs without a break from that row down (a shirt
     # rising to the shoulders beside the chin starts after a gap of background)
     hanging = torch.cumprod(torch.where(lower > 0, hair_like, torch.ones_like(hair_like)), dim=2) * lower
