@@ -8,8 +8,9 @@ leaves the silhouette of some view. A view constrains a texel well when its norm
 the view ray (the silhouette rim); where no view does (the back of the head in a front photo)
 the height is interpolated over the chart from the constrained texels (push-pull), never
 above the hull. Texels of the face and back-of-head charts whose surface point falls outside
-a view's head silhouette (a neck below the collar, a template skull wider than the person's)
-are outside the hull and become transparent.
+a view's head silhouette (a template skull wider than the person's) move inward along their
+normals until every view has them on the head (MAX_INSET_M at most); past that, and below the
+chin (a neck over a collar), they are outside the hull and become transparent.
 
 Everything is anchored on the mesh, so the hair moves rigidly with the head (and the neck's
 Gaussians with the neck), while the face keeps its expression-driven Gaussians.
@@ -49,6 +50,11 @@ SHELL_MAX_SIGMA_M = 0.004
 #: Hair grows behind this plane of the neutral head (z, metres: about the ear canals) or above
 #: the brows: not on the front of the neck or under the chin.
 HAIR_FRONT_Z_M = 0.0
+#: A surface texel off the head in some view (a template skull wider than the person's) is moved
+#: inward along its normal until every view has it on the head, at most this far (metres); further
+#: than that (a neck below the collar) it is outside the hull and transparent.
+MAX_INSET_M = 0.04
+INSET_STEPS = 16
 #: Opacity logit added where a texel lies outside the visual hull (sigmoid(logit(0.99) - 12) < 0.001).
 OUTSIDE_HULL_LOGIT = -12.0
 #: A view whose head silhouette covers less than this fraction of the crop constrains nothing.
@@ -65,9 +71,10 @@ CHEEK_HALF_WIDTH_M = 0.045
 class WholeHead:
     """Per-texel whole-head geometry and the parsed masks it was carved from.
 
-    heights [N] metres along the normal (0 off the back-of-head chart); rim [N] in [0,1] how
-    well a silhouette constrained each height; outside_hull [N] bool: the surface point lies
-    outside some view's head silhouette; parts: the skin / hair / clothes split of each view;
+    heights [N] metres along the normal: hair (> 0) on the back-of-head chart; < 0 where the
+    template's surface is off the head in a view and moves inward onto it (a narrower skull, on
+    either chart); rim [N] in [0,1] how well a silhouette constrained each height; outside_hull [N]
+    bool: the texel stays off some view's head silhouette even moved inward (transparent); parts: the skin / hair / clothes split of each view;
     back_rgb [3]: the colour the unseen back of the head takes (mean hair colour; skin for a
     head with too little hair to measure).
     """
@@ -103,6 +110,26 @@ def _off_silhouette(pix: torch.Tensor, silhouettes: torch.Tensor) -> torch.Tenso
     grid = (pix / size * 2 - 1)[:, :, None] * size / (size + 2)
     on = F.grid_sample(F.pad(silhouettes, (1, 1, 1, 1), value=1.0), grid, align_corners=False)
     return (on[:, 0, :, 0] < 0.5).any(0)
+
+
+def inset_depths(points: torch.Tensor, normals: torch.Tensor, silhouettes: torch.Tensor, viewmats, Ks) -> torch.Tensor:
+    """How far inward each texel's point must move along its normal to be on the head in every view.
+
+    points, normals [V,N,3] metres (each view's fitted mesh); silhouettes [V,1,S,S] (eroded head
+    masks). Returns depths [N] metres >= 0 (0: already on the head), +inf where even MAX_INSET_M
+    inward is off the head in some view. The mesh moves with each view's expression, so the
+    depth is measured in each view along its own points and normals; a texel needs the deepest.
+    """
+    num_views, num_texels, _ = points.shape
+    steps = torch.linspace(0.0, MAX_INSET_M, INSET_STEPS, device=points.device, dtype=points.dtype)
+    ray = points[:, :, None] - normals[:, :, None] * steps[None, None, :, None]  # [V,N,K,3]
+    pix = _project(ray.reshape(num_views, -1, 3), viewmats, Ks)  # [V,N*K,2]
+    size = silhouettes.shape[-1]
+    grid = (pix / size * 2 - 1)[:, :, None] * size / (size + 2)
+    on = F.grid_sample(F.pad(silhouettes, (1, 1, 1, 1), value=1.0), grid, align_corners=False)
+    on_all = (on[:, 0, :, 0].view(num_views, num_texels, INSET_STEPS) >= 0.5).all(0)  # [N,K]
+    first = torch.where(on_all, steps, torch.full_like(steps, float("inf"))).amin(-1)
+    return first
 
 
 def parsing_seeds(atlas, canonical, landmarks, neutral_landmarks, pix, visible, cosine, masks):
@@ -232,13 +259,19 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     chin_y = neutral[0, landmark_ids[CHIN], 1]
     neck = canonical[:, 1] < chin_y
     heights = torch.where(neck & (rim < RIM_SIN2), torch.zeros_like(heights), heights)
+    # a surface point off the head moves inward onto it (a narrower skull than the template's:
+    # no hole beside the ear); below the chin (a neck, a collar) and where it stays off, it is cut
+    carved = (atlas.region == REGION_INDEX["back_head"]) | (atlas.region == REGION_INDEX["face"])
+    depth = inset_depths(points, normals, eroded, viewmats, Ks)
+    inset = outside & carved & ~neck & torch.isfinite(depth)
+    heights = torch.where(inset, -depth.nan_to_num(posinf=0.0), heights)
+    outside = outside & ~inset
     # a lifted texel whose centre some view shows off the head (heights interpolated or blurred
     # past the hull, a neck texel lifted beside a collar) is outside the hull too
     lifted = _project(points + normals * heights[None, :, None], viewmats, Ks)
     outside = outside | (_off_silhouette(lifted, eroded) & (heights > 0))
     # every surface texel is cut where a view shows it off the head (the front of the neck over a
     # shirt too, which carries no hair and so is not on the hair chart)
-    carved = (atlas.region == REGION_INDEX["back_head"]) | (atlas.region == REGION_INDEX["face"])
     return WholeHead(heights=heights, rim=rim * chart, outside_hull=outside & carved, parts=parts,
                      back_rgb=back_colour(images, parts))  # fmt: skip
 
@@ -269,7 +302,7 @@ def shell_maps(atlas, whole: WholeHead, spacing: torch.Tensor, scale_normal: flo
     values[:, ATTRIBUTE_SLICES["offset"].start + 2] = heights / offset_unit_m
     scale = ATTRIBUTE_SLICES["scale"]
     # lifted texels spread apart like a sphere's and get a little wider still: an opaque shell
-    lifted = (heights / SHELL_MARGIN_M).clamp(max=1)
+    lifted = (heights / SHELL_MARGIN_M).clamp(0, 1)
     values[:, scale.start : scale.start + 2] = (torch.log1p(heights / SHELL_RADIUS_M) + lifted * SHELL_WIDEN_LOG)[:, None]
     normal_sigma = spacing * scale_normal
     thickness = (SHELL_THICKNESS * heights).clamp(max=SHELL_MAX_SIGMA_M)
