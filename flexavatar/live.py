@@ -99,6 +99,7 @@ class LiveSession:
     ):
         self.model = model if model is not None else load_model()
         self.avatar = avatar.to(self.model.device)
+        self.deform_cache = self.model.prepare_deform(self.avatar)  # what every frame shares: once per session
         self.resolution = int(resolution)
         self.background = background
         self.calibration = calibration if calibration is not None else load_calibration()
@@ -209,8 +210,9 @@ class LiveSession:
             expression = driving_expressions(self.avatar, np.stack([neutral_expression, expression]), True,
                                              calibration=self.calibration)[1]  # fmt: skip
         code = torch.from_numpy(np.asarray(expression, np.float32))[None].to(self.model.device)
-        with torch.no_grad():
-            rgb, _ = self.model.render(self.avatar, [camera], code, background=_background(self.background))
+        with torch.inference_mode():
+            rgb, _ = self.model.render(self.avatar, [camera], code, background=_background(self.background),
+                                       cache=self.deform_cache)  # fmt: skip
         return _to_uint8(rgb[0]), np.asarray(expression, np.float32)
 
     # ------------------------------------------------------------------ figures

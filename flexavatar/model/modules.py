@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -181,11 +182,105 @@ class Deformer(nn.Module):
         if neutral_map.shape[0] != batch:
             neutral_map = neutral_map.expand(batch, -1, -1, -1)
         x = torch.cat([identity_features, offset_map * self.POSITION_SCALE * 10, neutral_map * self.POSITION_SCALE], 1)
-        if self.downsample > 1:
-            x = F.avg_pool2d(x, self.downsample)
+        x = self._pool(x)
         labels = torch.as_tensor(data_source, device=x.device, dtype=torch.long).expand(batch)
         timestep = torch.zeros(batch, device=x.device)
         out = self.unet(x, timestep, class_labels=labels).sample
+        return self._upsample(out)
+
+    def _upsample(self, out: torch.Tensor) -> torch.Tensor:
         if self.downsample > 1:
             out = F.interpolate(out, scale_factor=self.downsample, mode="bilinear", align_corners=False)
         return out
+
+    def _pool(self, maps: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(maps, self.downsample) if self.downsample > 1 else maps
+
+    @torch.no_grad()
+    def constants(
+        self, identity_features: torch.Tensor, neutral_map: torch.Tensor, data_source: int = 0
+    ) -> DeformerConstants:
+        """The expression-independent part of :meth:`forward` for one avatar (inference only).
+
+        identity_features [1,Cid,R,R], neutral_map [1,3,R,R] metres. See :class:`DeformerConstants`.
+        """
+        unet = self.unet
+        labels = torch.full((1,), int(data_source), dtype=torch.long, device=neutral_map.device)
+        embedding = unet.time_embedding(unet.time_proj(torch.zeros(1, device=neutral_map.device)))
+        embedding = F.silu(embedding + unet.class_embedding(labels))
+        resnets = [m for m in unet.modules() if hasattr(m, "time_emb_proj")]
+        convs = [m for m in unet.modules() if isinstance(m, nn.Conv2d)]
+        layout = torch.channels_last
+        return DeformerConstants(
+            identity=self._pool(identity_features).contiguous(memory_format=layout),
+            neutral=self._pool(neutral_map * self.POSITION_SCALE).contiguous(memory_format=layout),
+            embeddings={m: m.time_emb_proj(embedding)[:, :, None, None] for m in resnets},
+            weights={m: m.weight.detach().contiguous(memory_format=layout) for m in convs},
+            data_source=int(data_source),
+        )
+
+    @torch.no_grad()
+    def forward_constant(self, offset_map: torch.Tensor, constants: DeformerConstants) -> torch.Tensor:
+        """:meth:`forward` for the avatar of ``constants``: offset_map [B,3,R,R] (deformed minus
+        neutral position map, metres) -> dynamic deltas [B,Cd,R,R].
+
+        The same UNet weights and operations as ``diffusers.UNet2DModel.forward`` without its
+        per-call bookkeeping (timestep and class embeddings, dtype lookups), convolutions in
+        channels_last. Equal to :meth:`forward` to float rounding (tests/test_live.py).
+        """
+        batch = offset_map.shape[0]
+        x = torch.cat([constants.identity.expand(batch, -1, -1, -1), self._pool(offset_map * self.POSITION_SCALE * 10),
+                       constants.neutral.expand(batch, -1, -1, -1)], 1)  # fmt: skip
+        out = _unet_forward(self.unet, x.contiguous(memory_format=torch.channels_last), constants)
+        return self._upsample(out.contiguous())
+
+
+@dataclass
+class DeformerConstants:
+    """What :class:`Deformer` holds fixed for one avatar at inference (:meth:`Deformer.constants`).
+
+    identity [1,Cid,r,r], neutral [1,3,r,r]: F_id and the scaled neutral position map, pooled to
+    the UNet's grid (r = R / downsample). embeddings: per ResnetBlock2D, its projection of the
+    time (always 0) + class embedding, [1,C,1,1]. weights: per Conv2d, its weight in
+    channels_last (at batch 1 the default layout takes PyTorch's slower im2col path for the
+    small convolutions). data_source: the bias sink these were made for.
+    """
+
+    identity: torch.Tensor
+    neutral: torch.Tensor
+    embeddings: dict[nn.Module, torch.Tensor]
+    weights: dict[nn.Module, torch.Tensor]
+    data_source: int
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, constants: DeformerConstants) -> torch.Tensor:
+    return F.conv2d(x, constants.weights[conv], conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _resnet_forward(block: nn.Module, x: torch.Tensor, constants: DeformerConstants) -> torch.Tensor:
+    """diffusers' ResnetBlock2D (default time-embedding norm, output scale 1, no resampling)."""
+    hidden = _conv(block.conv1, F.silu(block.norm1(x)), constants) + constants.embeddings[block]
+    hidden = _conv(block.conv2, F.silu(block.norm2(hidden)), constants)
+    shortcut = x if block.conv_shortcut is None else _conv(block.conv_shortcut, x, constants)
+    return shortcut + hidden
+
+
+def _unet_forward(unet: nn.Module, x: torch.Tensor, constants: DeformerConstants) -> torch.Tensor:
+    """diffusers' UNet2DModel.forward for DownBlock2D / UNetMidBlock2D (no attention) / UpBlock2D."""
+    hidden = _conv(unet.conv_in, x, constants)
+    skips = [hidden]
+    for block in unet.down_blocks:
+        for resnet in block.resnets:
+            hidden = _resnet_forward(resnet, hidden, constants)
+            skips.append(hidden)
+        for downsampler in block.downsamplers or ():
+            hidden = _conv(downsampler.conv, hidden, constants)
+            skips.append(hidden)
+    for resnet in unet.mid_block.resnets:
+        hidden = _resnet_forward(resnet, hidden, constants)
+    for block in unet.up_blocks:
+        for resnet in block.resnets:
+            hidden = _resnet_forward(resnet, torch.cat([hidden, skips.pop()], 1), constants)
+        for upsampler in block.upsamplers or ():
+            hidden = _conv(upsampler.conv, F.interpolate(hidden, scale_factor=2.0, mode="nearest"), constants)
+    return _conv(unet.conv_out, F.silu(unet.conv_norm_out(hidden)), constants)

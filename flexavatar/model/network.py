@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,26 @@ from flexavatar.model.config import FlexAvatarConfig
 from flexavatar.model.evidence import uv_evidence
 from flexavatar.model.field import ATTRIBUTE_SLICES, NUM_ATTRIBUTES, gaussians_from_attributes, texel_spacing
 from flexavatar.model.hair import WholeHead, shell_maps, whole_head
-from flexavatar.model.modules import Deformer, HeadQueries, ImageEncoder
+from flexavatar.model.modules import Deformer, DeformerConstants, HeadQueries, ImageEncoder
 from flexavatar.render import rasterize
+
+
+@dataclass
+class DeformCache:
+    """What :meth:`FlexAvatarModel.deform` computes from the avatar alone, made once per avatar by
+    :meth:`FlexAvatarModel.prepare_deform` for frame-by-frame inference (live driving, stills).
+
+    neutral [1,V,3] m: the avatar's neutral mesh; neutral_map [1,3,R,R] m: its UV position map;
+    spacing [N] m: texel spacing; static_texels [1,N,14]: the static maps at the valid texels;
+    deformer: the UNet's fixed inputs and embeddings. Valid while the avatar's tensors and the
+    network's weights stay as they were (a new avatar or checkpoint needs a new cache).
+    """
+
+    neutral: torch.Tensor
+    neutral_map: torch.Tensor
+    spacing: torch.Tensor
+    static_texels: torch.Tensor
+    deformer: DeformerConstants
 
 
 class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
@@ -162,6 +180,20 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         scale = (neutral[0].std(0).norm() / self.head.neutral.std(0).norm()).clamp(0.7, 1.4)
         return self.template_spacing * scale
 
+    @torch.no_grad()
+    def prepare_deform(self, avatar: Avatar, data_source: int = 0) -> DeformCache:
+        """The expression-independent part of :meth:`deform` for ``avatar`` (inference only):
+        pass it as ``cache`` to :meth:`deform` / :meth:`render` for every frame of that avatar."""
+        neutral = self.head.vertices(avatar.identity[None])
+        neutral_map = self.atlas.position_map(neutral)
+        return DeformCache(
+            neutral=neutral,
+            neutral_map=neutral_map,
+            spacing=self.spacing(neutral),
+            static_texels=self.atlas.gather(avatar.static_maps[None]),
+            deformer=self.deformer.constants(avatar.identity_features[None], neutral_map, data_source),
+        )
+
     def dynamic_maps(
         self,
         avatar: Avatar,
@@ -169,16 +201,21 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         data_source: int | torch.Tensor = 0,
         vertices: torch.Tensor | None = None,
         neutral: torch.Tensor | None = None,
+        cache: DeformCache | None = None,
     ) -> torch.Tensor:
         """Deformer output for expressions [B,57]: per-texel deltas [B,14,R,R].
 
         vertices [B,V,3] / neutral [1,V,3]: the deformed and neutral meshes, if already at hand.
+        cache: :meth:`prepare_deform` of this avatar (inference only; same result to float rounding).
         """
         expressions = expressions.to(self.device)
-        if neutral is None:
-            neutral = self.head.vertices(avatar.identity[None])
         if vertices is None:
             vertices = self.mesh(avatar.identity, expressions)
+        if cache is not None:
+            _check_cache(cache, data_source)
+            return self.deformer.forward_constant(self.atlas.position_map(vertices) - cache.neutral_map, cache.deformer)
+        if neutral is None:
+            neutral = self.head.vertices(avatar.identity[None])
         neutral_map = self.atlas.position_map(neutral)
         offset_map = self.atlas.position_map(vertices) - neutral_map
         return self.deformer(avatar.identity_features[None], offset_map, neutral_map, data_source)
@@ -189,25 +226,31 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         expressions: torch.Tensor,
         data_source: int | torch.Tensor = 0,
         dynamic: torch.Tensor | None = None,
+        cache: DeformCache | None = None,
     ) -> dict[str, torch.Tensor]:
         """Gaussians of ``avatar`` under expressions [B,57], in canonical head space.
 
         Returns means [B,N,3] m, quats [B,N,4], scales [B,N,3] m, opacities [B,N], colors [B,N,3].
         ``data_source`` selects the bias sink (0 multi-view: always at inference). ``dynamic``:
         precomputed :meth:`dynamic_maps` for these expressions (refinement reuses them).
+        ``cache``: :meth:`prepare_deform` of this avatar, for inference frame by frame.
         """
         expressions = expressions.to(self.device)
-        neutral = self.head.vertices(avatar.identity[None])
+        neutral = self.head.vertices(avatar.identity[None]) if cache is None else cache.neutral
         vertices = self.mesh(avatar.identity, expressions)
         if dynamic is None:
-            dynamic = self.dynamic_maps(avatar, expressions, data_source, vertices, neutral)
-        attributes = self.atlas.gather(avatar.static_maps[None] + dynamic)  # [B,N,14]
+            dynamic = self.dynamic_maps(avatar, expressions, data_source, vertices, neutral, cache)
+        if cache is None:
+            attributes = self.atlas.gather(avatar.static_maps[None] + dynamic)  # [B,N,14]
+            spacing = self.spacing(neutral)
+        else:
+            attributes, spacing = cache.static_texels + self.atlas.gather(dynamic), cache.spacing
         cfg = self.config
         return gaussians_from_attributes(
             self.atlas,
             vertices,
             attributes,
-            self.spacing(neutral),
+            spacing,
             cfg.scale_tangent,
             cfg.scale_normal,
             cfg.offset_unit_m,
@@ -223,6 +266,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         backend: str = "auto",
         data_source: int = 0,
         dynamic: torch.Tensor | None = None,
+        cache: DeformCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Render ``avatar`` under expressions [B,57] from C cameras: rgb [F,H,W,3], alpha [F,H,W,1].
 
@@ -230,10 +274,10 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         B == 1: the one expression from every camera (turntable, preview), deformed once.
         C == 1: every expression from the one camera. F = max(B, C). Every frame goes to the
         rasterizer in one call. Differentiable w.r.t. the avatar's tensors and the network.
-        ``data_source`` is the bias sink (training only; 0 at inference); ``dynamic`` as in
-        :meth:`deform`.
+        ``data_source`` is the bias sink (training only; 0 at inference); ``dynamic`` and
+        ``cache`` as in :meth:`deform`.
         """
-        gaussians = self.deform(avatar, expressions, data_source, dynamic)
+        gaussians = self.deform(avatar, expressions, data_source, dynamic, cache)
         return self.render_gaussians(gaussians, cameras, background, backend)
 
     def render_gaussians(
@@ -270,3 +314,11 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
             **gaussians, viewmats=viewmats, Ks=Ks, width=width, height=height, background=bg, backend=backend
         )
         return rgb, alpha
+
+
+def _check_cache(cache: DeformCache, data_source) -> None:
+    """A :class:`DeformCache` holds no gradients and one bias sink: refuse anything else."""
+    if torch.is_grad_enabled():
+        raise ValueError("a DeformCache is for inference: call under torch.no_grad(), or deform without it")
+    if not isinstance(data_source, int) or data_source != cache.deformer.data_source:
+        raise ValueError(f"this DeformCache was made for data_source {cache.deformer.data_source}, got {data_source!r}")
