@@ -8,8 +8,9 @@ total = L1 + 0.2·(1 − SSIM)   (:func:`flexavatar.metrics.photometric_loss`) o
 Both images are composited on white. For synthetic samples the region is the whole image (the
 ground truth, hair volume included, is exactly representable); for real frames it is the whole
 head: the head part of the person mask (hair and skin) grown a little, with the ICT head's
-silhouette at the tracked pose dilated by :data:`HEAD_REGION_DILATE`, minus the clothes
-(:func:`flexavatar.train.monocular.whole_head_region`; shoulders and clothes are not part of the avatar).
+silhouette at the tracked pose dilated by :data:`HEAD_REGION_DILATE`, and the clothes, whose
+target is white (:func:`flexavatar.train.monocular.whole_head_region`; shoulders and clothes are
+not part of the avatar, which must leave them transparent).
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ The eval (:mod:`flexavatar.eval.evaluate`) uses the same cached fits.
 The loss covers the whole head of the target frame (:func:`whole_head_region`): its hair and
 skin (the person mask minus clothes and shoulders, split as the network's carving splits it),
 grown a little so the silhouette's edge counts on both sides, together with the dilated ICT
-head silhouette; clothes never count.
+head silhouette. Clothes count as background: the target is white there, as the avatar (which
+has no clothes) should leave it; otherwise the network learns to undo the carving's cut below
+the collar and paints a dark shirt over the neck.
 """
 
 from __future__ import annotations
@@ -98,11 +100,14 @@ def fit_tensors(fit: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def whole_head_region(model, crops, masks, cameras: list[Camera], identity, expressions) -> torch.Tensor:
-    """[V,1,S,S] 0/1 loss region of crops [V,3,S,S] (masks [V,1,S,S], their fit): the head part of
-    the person mask (skin + hair, :meth:`FlexAvatarModel.whole_head`), dilated by half of
-    HEAD_REGION_DILATE of the crop, united with the ICT head silhouette dilated by
-    HEAD_REGION_DILATE (:func:`head_region`), minus the clothes (person mask below the collar)."""
+def whole_head_region(model, crops, masks, cameras: list[Camera], identity, expressions,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Loss region and clothes of crops [V,3,S,S] (masks [V,1,S,S], their fit), both [V,1,S,S] 0/1.
+
+    region: the head part of the person mask (skin + hair, :meth:`FlexAvatarModel.whole_head`),
+    dilated by half of HEAD_REGION_DILATE of the crop, united with the ICT head silhouette
+    dilated by HEAD_REGION_DILATE (:func:`head_region`) and with the clothes; clothes: the person
+    mask below the collar that is not head (the target's background there)."""
     parts = model.whole_head(crops, masks, cameras, identity, expressions).parts
     size = crops.shape[-1]
     grow = max(1, int(round(HEAD_REGION_DILATE * size / 2)))
@@ -110,7 +115,8 @@ def whole_head_region(model, crops, masks, cameras: list[Camera], identity, expr
     face = torch.stack([head_region(model.head, identity, e, c) for e, c in zip(expressions, cameras)]).to(
         head
     )
-    return torch.maximum(head, face) * (parts.clothes <= 0.5).float()
+    clothes = (parts.clothes > 0.5).float()
+    return torch.maximum(torch.maximum(head, face), clothes), clothes
 
 
 def make_pairs(frames, num_pairs: int | None = None, seed: int = 0) -> list[tuple[int, int]]:
@@ -147,7 +153,7 @@ class MonocularPairs:
         for vi, _ in enumerate(self.videos):
             self.pairs += [(vi, s, t) for s, t in make_pairs(frames, num_pairs, seed + vi)]
         self._fits: dict[int, dict] = {}
-        self._regions: dict[int, torch.Tensor] = {}
+        self._regions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -170,20 +176,24 @@ class MonocularPairs:
         expressions = torch.from_numpy(fit["expressions"])
         if index not in self._regions:  # the mask split and carving cost ~0.1 s: once per pair
             device = self.model.device
-            self._regions[index] = whole_head_region(
-                self.model,
-                crops[1:].to(device),
-                masks[1:].to(device),
-                [c.to(device) for c in cameras[1:]],
-                identity.to(device),
-                expressions[1:].to(device),
-            ).cpu()
-        region = self._regions[index]
+            self._regions[index] = tuple(
+                t.cpu()
+                for t in whole_head_region(
+                    self.model,
+                    crops[1:].to(device),
+                    masks[1:].to(device),
+                    [c.to(device) for c in cameras[1:]],
+                    identity.to(device),
+                    expressions[1:].to(device),
+                )
+            )
+        region, clothes = self._regions[index]
+        target_images = crops[1:] * (1 - clothes) + clothes  # clothes are background for the avatar
         weight = mouth_weight_map(self.model.head, identity, expressions[1:], cameras[1:], self.mouth_weight)
         vi, s, t = self.pairs[index]
         return TrainingSample(
             images=crops[:1], masks=masks[:1], cameras=cameras[:1], identity=identity, expressions=expressions[:1],
-            target_images=crops[1:], target_cameras=cameras[1:], target_expressions=expressions[1:],
+            target_images=target_images, target_cameras=cameras[1:], target_expressions=expressions[1:],
             loss_region=region, pixel_weight=weight, data_source=MONOCULAR,
             info={"video": self.videos[vi].path.name, "source": s, "target": t},
         )  # fmt: skip
