@@ -14,7 +14,7 @@ import torch
 
 from flexavatar.eval.wholehead import PUBLIC_PHOTOS, evaluate_photo, fit_photo, head_parts
 from flexavatar.head.atlas import REGION_INDEX, mirror_texels
-from flexavatar.model.hair import MAX_HEIGHT_M
+from flexavatar.model.hair import MAX_HEIGHT_M, STRAND_CONTRAST_RANGE, hair_contrast
 
 REFINE_SECONDS = 10.0  # the app's refinement budget
 
@@ -76,16 +76,38 @@ def test_hair_grows_beyond_the_template_where_the_photo_shows_it(shipped_model, 
     canonical = model.atlas.surface_points(model.head.vertices(fit["identity"][None]))[0]
     sides = back & (canonical[:, 0].abs() > 0.06) & (canonical[:, 1] > 0)  # beside the ears
     behind = back & (canonical[:, 2] < -0.05) & (canonical[:, 1] > 0)  # the back of the skull
-    assert (shape.heights[~back] == 0).all()  # the face keeps its expression-driven Gaussians
+    assert (shape.heights[~back] <= 0).all()  # the face keeps its Gaussians (moved inward at most)
     assert 0.005 < float(shape.heights[sides].median()) < MAX_HEIGHT_M  # long hair, not a skull cap
     assert 0.005 < float(shape.heights[behind].median()) < MAX_HEIGHT_M  # interpolated where unseen
     assert torch.isfinite(shape.heights).all()
 
 
+def test_back_of_head_carries_the_visible_hairs_texture(shipped_model, shared_media):
+    """The unseen back takes the visible hair's median colour and its strand contrast (not a flat
+    colour): 0-f15-hao-ph.jpg's straight dark hair is smoother than single_face.jpg's short hair."""
+    model = shipped_model
+    contrasts = {}
+    for name in ("0-f15-hao-ph.jpg", "single_face.jpg"):
+        fit = fit_photo(model, str(shared_media / name))
+        with torch.no_grad():
+            shape = model.whole_head(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
+        hair = fit["crops"].permute(0, 2, 3, 1)[shape.parts.hair[:, 0] > 0.9]  # [P,3] solid hair pixels
+        assert shape.back_rgb.shape == (model.atlas.num_texels, 3)
+        median = shape.back_rgb.median(0).values
+        assert (median - hair.median(0).values).abs().max() < 0.05  # the hair's colour
+        luminance = shape.back_rgb.mean(-1)
+        contrasts[name] = float(luminance.std() / luminance.mean())
+        measured = float(hair_contrast(fit["crops"], shape.parts))
+        assert abs(contrasts[name] - measured) < 0.2 * measured  # the hair's strand contrast
+    low, high = STRAND_CONTRAST_RANGE
+    assert low < contrasts["0-f15-hao-ph.jpg"] < contrasts["single_face.jpg"] < high
+
+
 # ------------------------------------------------------------------------------ must-show figures
 ASTRONAUT_BACK = pytest.mark.xfail(
-    reason="known failure: MediaPipe finds a face in 2-3 of the 7 back-quarter frames of astronaut.png "
-    "(dark ear and neck-line blobs on the khaki hair shell)", strict=False)  # fmt: skip
+    reason="known failure: MediaPipe finds a face in 1 of the 7 back-quarter frames of astronaut.png "
+    "(225 deg: the khaki, skin-toned hair shell; 2 of 7 with a flat back colour; the strand texture's "
+    "seeds 1-3 give 1-2 of 7)", strict=False)  # fmt: skip
 
 
 @pytest.mark.parametrize("seconds", [0.0, REFINE_SECONDS])

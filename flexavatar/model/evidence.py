@@ -144,7 +144,7 @@ def fuse_evidence(
 
     colours [V,N,3], weights [V,N] from :func:`lift_views`. mirror [N] (optional): each texel's
     left-right mirror (:func:`~flexavatar.head.atlas.mirror_texels`): the far side of a turned
-    face takes the near side's colours. back_rgb [3] (optional): the colour of the unseen back
+    face takes the near side's colours. back_rgb [3] or [N,3] (optional): the colour of the unseen back
     of the head (the visible hair's, :mod:`flexavatar.model.hair`): what no view sees of the
     back-of-head chart takes it, never a smear of the face or ears. Returns [4,R,R]: RGB (holes
     filled within each chart) and coverage in [0,1] (0 off the atlas and where no view, nor the
@@ -176,7 +176,7 @@ def fuse_evidence(
         nearby = atlas.gather(F.avg_pool2d(cover_map[None], BACK_FILL_WINDOW, 1, BACK_FILL_WINDOW // 2))[0, :, 0]
         nearby = (nearby * 3).clamp(0, 1)[:, None]
         back = (atlas.region == REGION_NAMES.index("back_head"))[:, None]
-        far_fill = nearby * colour + (1 - nearby) * back_rgb.to(colour)[None]
+        far_fill = nearby * colour + (1 - nearby) * back_rgb.to(colour).expand_as(colour)
         colour = torch.where(back, far_fill, colour)
     colour = torch.where(coverage[:, None] > 0, coverage[:, None] * fused + (1 - coverage[:, None]) * colour, colour)
     return atlas.scatter(torch.cat([colour, coverage[:, None]], 1)[None])[0]

@@ -61,6 +61,14 @@ OUTSIDE_HULL_LOGIT = -12.0
 MIN_HEAD_FRACTION = 0.02
 #: Fewer hair pixels than this (all views) and the back of the head is taken to be skin.
 MIN_HAIR_PIXELS = 400
+#: Strand texture of the unseen hair (:func:`strand_texture`): cycles per turn around the head of
+#: its sinusoids (a lock every 10-30 mm on a head of 0.55 m circumference: the shell's Gaussians
+#: are ~5 mm apart, so finer strands would alias into noise), the box (px) whose mean the visible
+#: hair's strand contrast is measured against, the bounds of that contrast, the phases' seed.
+STRAND_CYCLES = (19, 29, 41, 53)
+STRAND_BLUR_PX = 7
+STRAND_CONTRAST_RANGE = (0.04, 0.3)
+STRAND_SEED = 13
 #: MultiPIE-68 landmarks (of the fitted mesh) that place the seeds of the mask split.
 CHIN, BROWS, UPPER_LIP, LOWER_EYELIDS = 8, (19, 24), 51, (40, 47)
 #: The skin seed spans the nose and inner cheeks only (hair may fall over the outer cheeks).
@@ -74,9 +82,10 @@ class WholeHead:
     heights [N] metres along the normal: hair (> 0) on the back-of-head chart; < 0 where the
     template's surface is off the head in a view and moves inward onto it (a narrower skull, on
     either chart); rim [N] in [0,1] how well a silhouette constrained each height; outside_hull [N]
-    bool: the texel stays off some view's head silhouette even moved inward (transparent); parts: the skin / hair / clothes split of each view;
-    back_rgb [3]: the colour the unseen back of the head takes (mean hair colour; skin for a
-    head with too little hair to measure).
+    bool: the texel stays off some view's head silhouette even moved inward (transparent);
+    parts: the skin / hair / clothes split of each view; back_rgb [N,3] (or [3]): the colour the
+    unseen back of the head takes (the median hair colour with the visible hair's strand
+    texture, :func:`strand_texture`; skin for a head with too little hair to measure).
     """
 
     heights: torch.Tensor
@@ -273,7 +282,7 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     # every surface texel is cut where a view shows it off the head (the front of the neck over a
     # shirt too, which carries no hair and so is not on the hair chart)
     return WholeHead(heights=heights, rim=rim * chart, outside_hull=outside & carved, parts=parts,
-                     back_rgb=back_colour(images, parts))  # fmt: skip
+                     back_rgb=back_colour(images, parts)[None] * strand_texture(canonical, hair_contrast(images, parts))[:, None])  # fmt: skip
 
 
 def back_colour(images: torch.Tensor, parts: PersonParts) -> torch.Tensor:
@@ -286,6 +295,41 @@ def back_colour(images: torch.Tensor, parts: PersonParts) -> torch.Tensor:
         if int(solid.sum()) >= MIN_HAIR_PIXELS:
             return pixels[solid].median(0).values
     return pixels.new_tensor([0.22, 0.16, 0.12])
+
+
+def hair_contrast(images: torch.Tensor, parts: PersonParts) -> torch.Tensor:
+    """Relative strand contrast of the visible hair (scalar tensor): the standard deviation of the
+    luminance of solid hair pixels less its local mean (a STRAND_BLUR_PX box: shading and the
+    hair's outline removed), over the mean luminance; STRAND_CONTRAST_RANGE bounds it (little
+    hair seen: the lower end)."""
+    luminance = images.mean(1, keepdim=True)  # [V,1,S,S]
+    solid = (parts.hair > 0.9).to(images.dtype)
+    k = STRAND_BLUR_PX
+    weight = F.avg_pool2d(solid, k, 1, k // 2, count_include_pad=False)
+    local = F.avg_pool2d(luminance * solid, k, 1, k // 2, count_include_pad=False) / weight.clamp_min(1e-6)
+    inner = (solid > 0) & (weight > 0.9)  # away from the hair's edge: no background in the mean
+    low, high = STRAND_CONTRAST_RANGE
+    if int(inner.sum()) < MIN_HAIR_PIXELS:
+        return images.new_tensor(low)
+    detail = (luminance - local)[inner]
+    return (detail.std() / luminance[inner].mean().clamp_min(0.05)).clamp(low, high)
+
+
+def strand_texture(canonical: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    """[N] luminance factor (mean 1) of hair strands over the head, for what no view sees.
+
+    canonical [N,3] texel points on the neutral head (metres). Strands run down the head: the
+    factor varies around it (sums of sinusoids of the azimuth, STRAND_CYCLES per turn, fixed
+    phases; locks converge at the crown), with a standard deviation of ``contrast``, the visible
+    hair's (:func:`hair_contrast`): the back of the head has that hair's texture, not a flat colour.
+    """
+    generator = torch.Generator().manual_seed(STRAND_SEED)
+    cycles = torch.tensor(STRAND_CYCLES, dtype=canonical.dtype)
+    phases = torch.rand(len(STRAND_CYCLES), generator=generator, dtype=canonical.dtype) * 2 * torch.pi
+    cycles, phases = cycles.to(canonical.device), phases.to(canonical.device)
+    azimuth = torch.atan2(canonical[:, 0], -canonical[:, 2])  # [N], 0 at the back of the head
+    strands = torch.sin(azimuth[:, None] * cycles + phases).sum(-1) / (len(STRAND_CYCLES) / 2) ** 0.5
+    return (1 + contrast * strands).clamp_min(0.2)
 
 
 def shell_maps(atlas, whole: WholeHead, spacing: torch.Tensor, scale_normal: float, offset_unit_m: float) -> torch.Tensor:
