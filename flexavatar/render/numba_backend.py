@@ -63,12 +63,13 @@ def _run_split(kernel, tile_ids: torch.Tensor, *args) -> None:
         kernel(*head, tile_ids.numpy(), *tail)
         return
     with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < n_threads:
-            _pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="flexavatar-raster")
+        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < n_threads - 1:
+            _pool = ThreadPoolExecutor(max_workers=n_threads - 1, thread_name_prefix="flexavatar-raster")
             _pool_pid = os.getpid()
     # Interleaved split: neighbouring tiles cost about the same, so each thread gets a fair share.
     parts = [tile_ids[i::n_threads].contiguous().numpy() for i in range(n_threads)]
-    futures = [_pool.submit(kernel, *head, part, *tail) for part in parts]
+    futures = [_pool.submit(kernel, *head, part, *tail) for part in parts[1:]]
+    kernel(*head, parts[0], *tail)  # the caller's share: one thread hand-off less per call
     for future in futures:
         future.result()
 
