@@ -42,6 +42,8 @@ NOMINAL_RATE_HZ = 20.0
 LIVE_SMOOTHING = 0.3
 #: Frames over which :meth:`LiveSession.stats` averages the frame rate and latency.
 STATS_WINDOW = 30
+#: Issue 15's frame rate for the Space's /live on 2 CPU cores (bench live, tests/test_live_app.py).
+TARGET_FPS = 15.0
 
 
 @dataclass

@@ -14,9 +14,10 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from test_live import TARGET_FPS, channel, mediapipe_scores
+from test_live import channel, mediapipe_scores
 
 from flexavatar.eval.live_client import LiveStream, as_sent
+from flexavatar.live import TARGET_FPS
 from flexavatar.video import iter_frames
 
 
@@ -44,8 +45,9 @@ def test_live_endpoint_streams_in_order_and_follows_the_driver(app_url, driving_
     stream.close()
     counts = [frames_shown(stats) for _, _, stats in stream.outputs[: len(driving_frames)]]
     assert counts == list(range(1, len(driving_frames) + 1)), "outputs out of order or missing"
-    fps = (len(driving_frames) - 1) / seconds
-    print(f"/live over HTTP: {fps:.1f} frames/s, {1000 / fps:.0f} ms per frame end to end (load {os.getloadavg()[0]:.1f})")
+    fps, load = (len(driving_frames) - 1) / seconds, os.getloadavg()[0]
+    print(f"/live over HTTP: {fps:.1f} frames/s, {1000 / fps:.0f} ms per frame end to end (target {TARGET_FPS:g}, "
+          f"asserted when the load is below 1: load {load:.1f})")  # fmt: skip
     rendered = [stream.image(i) for i in range(len(driving_frames))]
     # the driver as the server saw it (JPEG, as a browser sends it) against the avatar it sent back
     driver, avatar = mediapipe_scores([as_sent(f) for f in driving_frames]), mediapipe_scores(rendered)
@@ -58,8 +60,8 @@ def test_live_endpoint_streams_in_order_and_follows_the_driver(app_url, driving_
         r = [np.corrcoef(a[: len(a) - lag], b[lag:])[0, 1] for lag in (0, 1)]
         print(f"{names[0]}: r = {r[0]:.2f} (lag 0), {r[1]:.2f} (lag 1 frame)")
         assert max(r) >= 0.8, f"{names}: re-tracked avatar vs driver r = {r}"
-    if os.getloadavg()[0] < 1.0:  # 2 shared cores: the speed target holds on a quiet machine
-        assert fps >= TARGET_FPS
+    if load < 1.0:  # 2 shared cores: the speed target holds on a quiet machine (bench live --app prints it)
+        assert fps >= TARGET_FPS, f"/live over HTTP: {fps:.1f} frames/s on a quiet machine (load {load:.1f})"
 
 
 @pytest.mark.slow
