@@ -15,6 +15,12 @@ each with a smooth random bottom edge and smooth multiplicative volume noise (su
 3D sinusoids of the surface point: no seams between UV charts), and with or without a fringe
 over the forehead (a thin lifted layer of the face chart above the brows).
 
+Clothes (:func:`collar_cut`): most heads wear a shirt: the skin below a random collar is cut
+from the head (transparent, as the carving cuts a real neck below the collar: the avatar has
+no clothes), and the inputs show a shirt there that is in their person masks but in no
+target (:func:`flexavatar.train.synthetic.add_shirt`), so the network learns to leave clothes
+alone, whatever their colour, while hair that hangs over them stays.
+
 Hair texture (:func:`hair_texture`): strands run down from the crown, so the pattern varies
 quickly around the head and slowly along it; each texel takes a luminance quantile of a hair
 swatch (the colours of the hair pixels of a real photo, :mod:`flexavatar.train.textures`).
@@ -36,6 +42,11 @@ STYLES = ("bald", "short", "bob", "long")
 STYLE_WEIGHTS = (0.12, 0.3, 0.28, 0.3)
 #: Softness of the hair's bottom edge and of the fringe's edge, metres.
 EDGE_SOFTNESS_M = 0.006
+#: Share of heads with a shirt, and how far below the chin its collar is (metres).
+SHIRT_PROBABILITY = 0.7
+COLLAR_BELOW_CHIN_M = (0.01, 0.05)
+#: A texel lifted less than this (metres) is skin, and is cut below the collar.
+BARE_HEIGHT_M = 0.002
 
 
 @dataclass
@@ -73,6 +84,7 @@ class HairGeometry:
         front = (z > HAIR_FRONT_Z_M) & (y < self.brow_y)
         self.chart = (region == REGION_INDEX["back_head"]) & ~front
         self.face = region == REGION_INDEX["face"]
+        self.skin = self.face | (region == REGION_INDEX["back_head"])
         self.num_texels = len(y)
 
 
@@ -136,6 +148,16 @@ def random_hairstyle(geometry: HairGeometry, rng: np.random.Generator, style: st
     return Hairstyle(heights.astype(np.float32), np.clip(coverage, 0, 1).astype(np.float32), style)
 
 
+def collar_cut(
+    geometry: HairGeometry, heights: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """Texels hidden by a random collar: [N] bool (skin of the face and back-of-head charts below
+    the collar's height, not lifted as hair) and the collar's height (metres, neutral head)."""
+    collar_y = geometry.chin_y - rng.uniform(*COLLAR_BELOW_CHIN_M)
+    cut = geometry.skin & (geometry.canonical[:, 1] < collar_y) & (heights < BARE_HEIGHT_M)
+    return cut, float(collar_y)
+
+
 def hair_texture(points: np.ndarray, swatch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """[N,3] strand texture over points [N,3] metres from a swatch [Q,3] (hair colours sorted by
     luminance): each texel takes the swatch colour at a strand value in [0,1] that changes fast
@@ -155,9 +177,11 @@ def hair_texture(points: np.ndarray, swatch: np.ndarray, rng: np.random.Generato
     return (swatch[low] * (1 - frac) + swatch[high] * frac).astype(np.float32)
 
 
-def hair_shape(hairstyle: Hairstyle, device=None) -> WholeHead:
+def hair_shape(hairstyle: Hairstyle, device=None, cut: np.ndarray | None = None) -> WholeHead:
     """The hairstyle as the :class:`~flexavatar.model.hair.WholeHead` that
-    :func:`~flexavatar.model.hair.shell_maps` lifts (nothing outside the hull; no parsed masks)."""
+    :func:`~flexavatar.model.hair.shell_maps` lifts: ``cut`` [N] bool (default none) is outside
+    the hull (transparent, e.g. under a collar); no parsed masks."""
     heights = torch.from_numpy(hairstyle.heights).to(device)
-    return WholeHead(heights=heights, rim=torch.zeros_like(heights), outside_hull=torch.zeros_like(heights, dtype=torch.bool),
-                     parts=None, back_rgb=torch.zeros(3, device=device))  # fmt: skip
+    outside = torch.zeros_like(heights, dtype=torch.bool) if cut is None else torch.from_numpy(cut).to(device)
+    return WholeHead(heights=heights, rim=torch.zeros_like(heights), outside_hull=outside, parts=None,
+                     back_rgb=torch.zeros(3, device=device))  # fmt: skip

@@ -9,7 +9,9 @@ bald, short, bob or long, fringe or not) textured from a hair swatch of a real p
 half the time). The ground truth is rendered from the template Gaussians (no network involved)
 lifted onto that hair shell by :func:`flexavatar.model.hair.shell_maps`, the parametrisation the
 network's base uses: colour = texture (hair where the style covers), offsets and scales from the
-hair heights, every other attribute at its template value; alpha is the input mask. The network
+hair heights, every other attribute at its template value; alpha is the input mask (plus a
+shirt in the inputs, :func:`add_shirt`, when the head wears one: the skin under its collar is
+cut from every render, :func:`~flexavatar.train.hairstyles.collar_cut`). The network
 then carves its own hull from those inputs (``encode``, as at inference) and learns to complete
 what the carving misses; the loss covers every pixel of the targets, back views included.
 """
@@ -27,7 +29,14 @@ from flexavatar.model.field import ATTRIBUTE_SLICES, NUM_ATTRIBUTES, gaussians_f
 from flexavatar.model.hair import WholeHead, shell_maps
 from flexavatar.render import rasterize
 from flexavatar.train import MULTI_VIEW, TrainingSample
-from flexavatar.train.hairstyles import HairGeometry, hair_shape, hair_texture, random_hairstyle
+from flexavatar.train.hairstyles import (
+    SHIRT_PROBABILITY,
+    HairGeometry,
+    collar_cut,
+    hair_shape,
+    hair_texture,
+    random_hairstyle,
+)
 from flexavatar.train.losses import mouth_weight_map
 from flexavatar.train.textures import HAIR_COLOURS, TextureAugmenter, build_texture_bank
 
@@ -115,6 +124,34 @@ def random_swatch(swatches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         target = HAIR_COLOURS[int(rng.integers(len(HAIR_COLOURS)))]
         swatch = swatch * (target / np.clip(swatch.mean(0), 0.02, None))
     return np.clip(swatch * np.exp(rng.normal(0, 0.1)), 0, 1)
+
+
+def add_shirt(images: torch.Tensor, masks: torch.Tensor, collar_px: torch.Tensor, rng: np.random.Generator,
+              ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A shirt behind the head of each input view: images [V,3,S,S] (head on white) and masks
+    [V,1,S,S] (its alpha); collar_px [V,M,2] pixels of the neck at the collar's height. Below
+    the collar's row a trapezoid widens to the shoulders; it takes a random colour (dark half
+    the time) with soft folds, under the head (hair hanging over it stays in front). Returns
+    the new images and person masks (head + shirt)."""
+    num_views, _, size, _ = images.shape
+    rows = torch.arange(size, dtype=torch.float32)[:, None]
+    cols = torch.arange(size, dtype=torch.float32)[None, :]
+    if rng.random() < 0.5:
+        colour = np.full(3, rng.uniform(0.02, 0.2)) * np.exp(rng.normal(0, 0.1, 3))
+    else:
+        colour = rng.uniform(0.05, 0.9, 3)
+    colour = torch.from_numpy(np.clip(colour, 0, 1)).float()[:, None, None]
+    slope, folds, phase = rng.uniform(1.0, 3.0), rng.uniform(0.05, 0.2), rng.uniform(0, 2 * np.pi)
+    out_images, out_masks = [], []
+    for view in range(num_views):  # 1-4 views
+        x, y = collar_px[view, :, 0], collar_px[view, :, 1]
+        top, centre, half = float(y.median()), float(x.mean()), float((x.max() - x.min()) / 2) * 1.1
+        shirt = ((rows >= top) & ((cols - centre).abs() <= half + (rows - top).clamp_min(0) * slope)).float()
+        shade = 1 + 0.12 * torch.sin(cols * folds + rows * 0.03 + phase)
+        behind = shirt * (1 - masks[view])
+        out_images.append(images[view] + behind * (colour * shade - 1.0).clamp(-1, 0))
+        out_masks.append(masks[view] + behind)
+    return torch.stack(out_images).clamp(0, 1), torch.stack(out_masks).clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------------- rendering
@@ -234,18 +271,35 @@ class SyntheticHeads:
         target_cams = [
             random_camera(rng, self.centre, self.size, frontal=False) for _ in range(self.num_targets)
         ]
+        shirt = rng.random() < SHIRT_PROBABILITY
+        cut, collar_y = collar_cut(self.hair_geometry, hairstyle.heights, rng) if shirt else (None, 0.0)
         # one render call for inputs and targets
         expressions = torch.from_numpy(np.stack(inputs + targets))
         rgb, alpha = render_template(self.model, texture, identity, expressions, input_cams + target_cams,
-                                     shape=hair_shape(hairstyle, self.model.device))  # fmt: skip
+                                     shape=hair_shape(hairstyle, self.model.device, cut))  # fmt: skip
         rgb, alpha = rgb.cpu(), alpha.cpu()
         v = self.num_inputs
+        masks = alpha[:v]
+        if shirt:  # in the inputs only: the avatar has no clothes
+            canonical_y = torch.from_numpy(self.hair_geometry.canonical[:, 1])
+            band = (
+                torch.from_numpy(self.hair_geometry.skin)
+                & (canonical_y < collar_y)
+                & (canonical_y > collar_y - 0.01)
+            )
+            with torch.no_grad():
+                vertices = self.model.head.vertices(identity[None].expand(v, -1).to(self.model.device),
+                                                    expressions[:v].to(self.model.device))  # fmt: skip
+                points = self.model.atlas.surface_points(vertices)[:, band.to(self.model.device)].cpu()
+            collar_px = torch.stack([camera.project(p) for camera, p in zip(input_cams, points)])
+            images, masks = add_shirt(rgb[:v], masks, collar_px, rng)
+            rgb = torch.cat([images, rgb[v:]])
         target_expr = expressions[v:]
         weight = mouth_weight_map(self.model.head, identity, target_expr, target_cams, self.mouth_weight)
         return TrainingSample(
-            images=rgb[:v], masks=alpha[:v], cameras=input_cams, identity=identity, expressions=expressions[:v],
+            images=rgb[:v], masks=masks, cameras=input_cams, identity=identity, expressions=expressions[:v],
             target_images=rgb[v:], target_cameras=target_cams, target_expressions=target_expr,
             loss_region=torch.ones_like(alpha[v:]), pixel_weight=weight, data_source=MULTI_VIEW,
             info={"seed": int(seed), "texture": self.bank_names[texture_id], "hairstyle": hairstyle.style,
-                  "hair_heights": hairstyle.heights},  # fmt: skip
+                  "hair_heights": hairstyle.heights, "shirt": shirt},  # fmt: skip
         )  # fmt: skip
