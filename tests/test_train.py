@@ -138,13 +138,12 @@ def test_synthetic_hair_volumes_reach_beyond_the_bald_silhouette(tiny_model, one
     cameras = sample.cameras + sample.target_cameras
     expressions = torch.cat([sample.expressions, sample.target_expressions])
     style = Hairstyle(heights=heights, coverage=np.zeros_like(heights), style="long")
-    _, hair_alpha = render_template(
-        tiny_model, grey, sample.identity, expressions, cameras, shape=hair_shape(style)
-    )
+    shape = hair_shape(style, cut=sample.info["cut"])  # the skin under a collar is cut, if any
+    _, hair_alpha = render_template(tiny_model, grey, sample.identity, expressions, cameras, shape=shape)
     _, bald_alpha = render_template(tiny_model, grey, sample.identity, expressions, cameras)
     beyond = (hair_alpha > 0.5) & (bald_alpha < 0.1)  # [V+T,1,S,S]: hair outside the bald head
-    # the input mask is the hair head's alpha, not the bald template's
-    assert torch.allclose(sample.masks, hair_alpha[:1], atol=1e-4)
+    # the input mask is the hair head's alpha (plus a shirt, if any), not the bald template's
+    assert bool((sample.masks >= hair_alpha[:1] - 1e-4).all())
     assert int(beyond[:1].sum()) > 0.02 * beyond[0].numel()
     hair_pixels = beyond[1:]
     assert int(hair_pixels.sum()) > 0.01 * hair_pixels.numel()
@@ -157,6 +156,31 @@ def test_synthetic_hair_volumes_reach_beyond_the_bald_silhouette(tiny_model, one
     long_hair = random_hairstyle(geometry, np.random.default_rng(0), "long")
     below_brows = geometry.face & (geometry.canonical[:, 1] < geometry.brow_y)
     assert long_hair.heights[below_brows].max() == 0 and long_hair.heights[geometry.chart].max() > 0.02
+
+
+def test_synthetic_shirts_are_in_the_inputs_only(tiny_model, one_photo_bank):
+    heads = SyntheticHeads(tiny_model, one_photo_bank, num_inputs=1, num_targets=2)
+    sample = next(
+        s for s in map(heads.sample, range(12)) if s.info["shirt"] and s.info["hairstyle"] != "long"
+    )
+    cut = sample.info["cut"]
+    assert cut.any() and not (cut & (sample.info["hair_heights"] > 0.002)).any()  # hair over the collar stays
+    grey = torch.full((tiny_model.atlas.num_texels, 3), 0.5)
+    style = Hairstyle(heights=sample.info["hair_heights"], coverage=np.zeros_like(cut, np.float32), style="")
+    _, head_alpha = render_template(tiny_model, grey, sample.identity, sample.expressions, sample.cameras,
+                                    shape=hair_shape(style, cut=cut))  # fmt: skip
+    shirt = (sample.masks > 0.5) & (head_alpha < 0.1)
+    size = tiny_model.config.crop_size
+    assert int(shirt.sum()) > 0.01 * size * size  # a shirt in the person mask of the input
+    assert int(shirt[..., : size // 2, :].sum()) == 0  # below the head
+    # a target sees no shirt and no neck below the collar: the rendered head only
+    _, uncut_alpha = render_template(tiny_model, grey, sample.identity, sample.target_expressions,
+                                     sample.target_cameras, shape=hair_shape(style))  # fmt: skip
+    _, target_alpha = render_template(tiny_model, grey, sample.identity, sample.target_expressions,
+                                      sample.target_cameras, shape=hair_shape(style, cut=cut))  # fmt: skip
+    assert float(target_alpha.sum()) < float(uncut_alpha.sum())
+    white = sample.target_images.min(1, keepdim=True).values > 0.99
+    assert bool(white[target_alpha < 0.01].all())
 
 
 def test_monocular_pairs_yield_class_1(tiny_model, shared_media):  # trains on ../shared/media

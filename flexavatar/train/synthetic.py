@@ -301,5 +301,5 @@ class SyntheticHeads:
             target_images=rgb[v:], target_cameras=target_cams, target_expressions=target_expr,
             loss_region=torch.ones_like(alpha[v:]), pixel_weight=weight, data_source=MULTI_VIEW,
             info={"seed": int(seed), "texture": self.bank_names[texture_id], "hairstyle": hairstyle.style,
-                  "hair_heights": hairstyle.heights, "shirt": shirt},  # fmt: skip
+                  "hair_heights": hairstyle.heights, "shirt": shirt, "cut": cut},  # fmt: skip
         )  # fmt: skip
