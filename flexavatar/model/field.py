@@ -47,6 +47,23 @@ def texel_spacing(atlas, vertices: torch.Tensor) -> torch.Tensor:
     return torch.where(ok.any(1), spacing, median[:, 0]).clamp(2e-4, 2e-2)
 
 
+#: Largest factor by which a stretched surface widens its Gaussians (:func:`surface_stretch`).
+MAX_STRETCH = 4.0
+
+
+def surface_stretch(atlas, vertices: torch.Tensor, neutral: torch.Tensor) -> torch.Tensor:
+    """[B,N] how much each texel's surface is stretched in ``vertices`` [B,V,3] relative to
+    ``neutral`` [1,V,3]: sqrt of the anchoring triangle's area ratio, in [1, MAX_STRETCH].
+
+    A closing eyelid stretches its few texels over the whole eye: Gaussians sized for the open
+    lid leave gaps through which the eyeball shows, and the closed eye re-tracks as open."""
+    def areas(mesh: torch.Tensor) -> torch.Tensor:
+        corners = atlas._corners(mesh)
+        return torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0]).norm(dim=-1)
+
+    return (areas(vertices) / areas(neutral).clamp_min(1e-12)).sqrt().clamp(1.0, MAX_STRETCH)
+
+
 def gaussians_from_attributes(
     atlas,
     vertices: torch.Tensor,
@@ -56,19 +73,23 @@ def gaussians_from_attributes(
     scale_normal: float,
     offset_unit_m: float,
     init_opacity: float,
+    stretch: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Gaussians anchored on the mesh.
 
     vertices [B,V,3] metres (deformed mesh); attributes [B,N,14] per texel (static + dynamic,
     :data:`ATTRIBUTE_LAYOUT`; colour absolute in [0,1], the rest raw deltas that are 0 for the
-    template); spacing [N] metres. Returns means [B,N,3] m, quats [B,N,4] wxyz, scales [B,N,3]
-    m, opacities [B,N], colors [B,N,3].
+    template); spacing [N] metres; stretch [B,N] (optional, :func:`surface_stretch`) widens the
+    tangent scales where the surface is stretched. Returns means [B,N,3] m, quats [B,N,4] wxyz,
+    scales [B,N,3] m, opacities [B,N], colors [B,N,3].
     """
     points, frames = atlas.surface_and_frames(vertices)
     get = {name: attributes[..., sl] for name, sl in ATTRIBUTE_SLICES.items()}
     means = points + (frames @ (get["offset"] * offset_unit_m)[..., None])[..., 0]
     base = torch.tensor([scale_tangent, scale_tangent, scale_normal], device=spacing.device, dtype=spacing.dtype)
     scales = spacing[:, None] * base * torch.exp(get["scale"].clamp(-6.0, 4.0))
+    if stretch is not None:
+        scales = scales * torch.stack([stretch, stretch, torch.ones_like(stretch)], -1)
     opacity_logit = math.log(init_opacity / (1 - init_opacity))
     opacities = torch.sigmoid(opacity_logit + get["opacity"][..., 0])
     identity_quat = torch.tensor([1.0, 0.0, 0.0, 0.0], device=attributes.device, dtype=attributes.dtype)

@@ -16,7 +16,13 @@ from flexavatar.head.atlas import mirror_texels
 from flexavatar.model.avatar import Avatar
 from flexavatar.model.config import FlexAvatarConfig
 from flexavatar.model.evidence import uv_evidence
-from flexavatar.model.field import ATTRIBUTE_SLICES, NUM_ATTRIBUTES, gaussians_from_attributes, texel_spacing
+from flexavatar.model.field import (
+    ATTRIBUTE_SLICES,
+    NUM_ATTRIBUTES,
+    gaussians_from_attributes,
+    surface_stretch,
+    texel_spacing,
+)
 from flexavatar.model.hair import WholeHead, shell_maps, whole_head
 from flexavatar.model.modules import Deformer, DeformerConstants, HeadQueries, ImageEncoder
 from flexavatar.render import rasterize
@@ -284,6 +290,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
             cfg.scale_normal,
             cfg.offset_unit_m,
             cfg.init_opacity,
+            surface_stretch(self.atlas, vertices, neutral),
         )
 
     def render(
