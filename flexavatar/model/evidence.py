@@ -20,8 +20,9 @@ from flexavatar.head.atlas import REGION_NAMES
 REGION_PRIOR_RGB = {
     "face": (0.72, 0.55, 0.46),
     "back_head": (0.22, 0.16, 0.12),  # hair
-    "gums_tongue": (0.62, 0.28, 0.28),
-    "teeth": (0.9, 0.87, 0.8),
+    # the mouth interior as a photo shows it: in the shadow of the lips and cheeks
+    "gums_tongue": (0.32, 0.12, 0.12),
+    "teeth": (0.82, 0.78, 0.7),
     "sclera_left": (0.9, 0.88, 0.86),
     "iris_left": (0.25, 0.17, 0.12),
     "sclera_right": (0.9, 0.88, 0.86),
@@ -30,16 +31,31 @@ REGION_PRIOR_RGB = {
 
 ZBUFFER_CELL_PX = 4  # z-buffer cell size: ~4 texels per cell at the default sizes, so no holes
 DEPTH_TOLERANCE_M = 0.01
+#: The mouth interior's depth tolerance: teeth and tongue sit ~5 mm behind closed lips, so with
+#: the general 1 cm they "saw" the lips' pixels and a closed-mouth photo gave a flesh-coloured
+#: mouth interior instead of the dark prior.
+MOUTH_DEPTH_TOLERANCE_M = 0.002
+MOUTH_REGIONS = ("gums_tongue", "teeth")
+#: A mouth chart takes its colours from the photos only where they show this fraction of it
+#: (an open mouth); a few texels at the lip line are not an open mouth.
+MOUTH_MIN_SEEN_FRACTION = 0.05
 MIRROR_BELOW_COVERAGE_INV = 20.0  # a texel borrows from its mirror below 1/20 coverage
 BACK_FILL_WINDOW = 9  # texels: how far the back-of-head chart's own fill reaches from what was seen
 
 
 def project_texels(
-    points: torch.Tensor, normals: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int
+    points: torch.Tensor,
+    normals: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    tolerance: float | torch.Tensor = DEPTH_TOLERANCE_M,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where each texel lands in each view and whether that view sees it.
 
-    points, normals [V,N,3] (metres, head space); viewmats [V,4,4]; Ks [V,3,3] (pixels).
+    points, normals [V,N,3] (metres, head space); viewmats [V,4,4]; Ks [V,3,3] (pixels);
+    tolerance: depth tolerance of the z-buffer test, metres (a float or per texel [N]).
     Returns pix [V,N,2] pixels, visible [V,N] bool (in the image and in front in a coarse
     z-buffer of all texels) and cosine [V,N] >= 0 between the normal and the direction to the camera.
     """
@@ -58,7 +74,7 @@ def project_texels(
     masked_depth = torch.where(in_image, depth, torch.full_like(depth, float("inf")))
     zbuffer = torch.full((num_views, cells_x * cells_y), float("inf"), device=depth.device, dtype=depth.dtype)
     zbuffer = zbuffer.scatter_reduce(1, cell, masked_depth, reduce="amin")
-    visible = in_image & (depth <= zbuffer.gather(1, cell) + DEPTH_TOLERANCE_M)
+    visible = in_image & (depth <= zbuffer.gather(1, cell) + tolerance)
 
     # facing: cosine between the normal and the direction to the camera centre
     centres = -(rotation.transpose(1, 2) @ translation[..., None])[..., 0]  # [V,3]
@@ -90,7 +106,9 @@ def lift_views(
     normals = frames[..., 2]
     if heights is not None:
         points = points + normals * heights[None, :, None]
-    pix, visible, cosine = project_texels(points, normals, viewmats, Ks, width, height)
+    mouth = atlas.region_mask(*MOUTH_REGIONS)
+    tolerance = torch.where(mouth, MOUTH_DEPTH_TOLERANCE_M, DEPTH_TOLERANCE_M).to(points.dtype)
+    pix, visible, cosine = project_texels(points, normals, viewmats, Ks, width, height, tolerance)
     grid = torch.stack([pix[..., 0] / width * 2 - 1, pix[..., 1] / height * 2 - 1], -1)[:, :, None]  # [V,N,1,2]
     sampled = F.grid_sample(torch.cat([images, masks], 1), grid, mode="bilinear", align_corners=False)
     sampled = sampled[..., 0].transpose(1, 2)  # [V,N,C+1]
@@ -168,7 +186,13 @@ def fuse_evidence(
     colour = per_texel[atlas.region, torch.arange(atlas.num_texels, device=fused.device)]  # [N,3]
     # a chart nobody saw at all keeps its prior colour
     prior = torch.tensor([REGION_PRIOR_RGB[n] for n in REGION_NAMES], dtype=fused.dtype, device=fused.device)
-    chart_seen = torch.zeros(num_regions, device=fused.device).index_add_(0, atlas.region, coverage) > 0.5
+    chart_cover = torch.zeros(num_regions, device=fused.device).index_add_(0, atlas.region, coverage)
+    chart_seen = chart_cover > 0.5
+    # a closed mouth keeps the dark interior prior: its charts count as seen only when open
+    chart_size = torch.bincount(atlas.region, minlength=num_regions).to(chart_cover)
+    mouth_charts = torch.tensor([n in MOUTH_REGIONS for n in REGION_NAMES], device=fused.device)
+    chart_seen = torch.where(mouth_charts, chart_cover >= MOUTH_MIN_SEEN_FRACTION * chart_size, chart_seen)
+    coverage = torch.where(mouth_charts[atlas.region] & ~chart_seen[atlas.region], 0.0, coverage)
     colour = torch.where(chart_seen[atlas.region][:, None], colour, prior[atlas.region])
     if back_rgb is not None:
         # near seen texels (ears, side hair) the chart's own fill; far from any, the hair colour
