@@ -6,19 +6,24 @@ at 0; each render (the avatar's own source camera, the framing a reenactment ren
 re-tracked by the project's MediaPipe landmarker (IMAGE mode). Per score the response is the
 median over avatars (avatars respond differently: a full ICT jawOpen re-tracks as 0.4-0.7),
 made non-decreasing (pool-adjacent-violators); the cross-talk is the other
-scores' change at full weight, kept where it matters (>= :data:`MIN_CROSSTALK`). The result is
-a :class:`~flexavatar.motion.MotionCalibration`, inverted at driving time.
+scores' change at full weight, kept where it matters (>= :data:`MIN_CROSSTALK`); the pose bias
+is the re-tracked head rotation of each sweep render relative to the neutral one (the head does
+not move: MediaPipe's pose of an ICT smile is pitched by 1-4°, of raised brows by -1-3°).
+The result is a :class:`~flexavatar.motion.MotionCalibration`, inverted at driving time.
 
 The calibration photos default to the public photos plus ``multi_face.jpg`` (its largest
 face); ``single_face.jpg`` is left out, so its cross-reenactment rows in ``eval --motion`` are
 held out. The template is rendered with ``astronaut.png``'s colours.
 
     python -m flexavatar calibrate [--photos a.jpg ...] [--out weights/motion_calibration.json]
+    python -m flexavatar calibrate --sweeps sweeps.npz          # also keep the per-avatar sweeps
+    python -m flexavatar calibrate --from-sweeps sweeps.npz     # refit them without rendering
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -30,8 +35,11 @@ from flexavatar.assets import SHIPPED_WEIGHTS
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel
-from flexavatar.motion import CALIBRATION_FILE, MotionCalibration, scores_to_ict
+from flexavatar.motion import CALIBRATION_FILE, MotionCalibration, driving_cameras, scores_to_ict
+from flexavatar.rotations import matrix_to_axis_angle
 from flexavatar.tracking import detect_face
+from flexavatar.tracking.correspondence import load_correspondence
+from flexavatar.tracking.pose import mediapipe_to_head_pose
 from flexavatar.train import media_dir
 
 SWEEP_WEIGHTS = np.linspace(0.0, 1.0, 6)
@@ -39,31 +47,52 @@ CALIBRATION_PHOTOS = ("astronaut.png", "multi_face.jpg", "0-f1-su-ph.jpg", "0-f1
 #: Cross-talk below this (score per unit weight) is ignored.
 MIN_CROSSTALK = 0.1
 SCORE_NAMES = MEDIAPIPE_BLENDSHAPE_NAMES[1:]
+#: (left, right) indices into SCORE_NAMES of the scores that come in pairs.
+SCORE_PAIRS = tuple((i, SCORE_NAMES.index(n[:-4] + "Right")) for i, n in enumerate(SCORE_NAMES) if n.endswith("Left"))
+#: Head turns (degrees about each camera axis) of the pose-gain sweep: MediaPipe sees an
+#: avatar's head turns smaller than they are (yaw ~0.87x), so the cameras turn it further.
+TURN_DEGREES = np.array([-20.0, -10.0, 10.0, 20.0])
+TURN_GAIN_RANGE = (0.7, 1.3)
 
 
 def sweep_codes(weights: np.ndarray = SWEEP_WEIGHTS) -> np.ndarray:
-    """[1 + S*(K-1), 57] ICT codes: neutral, then for each score s its shape(s) at weights[1:]."""
+    """[1 + (S+P)*(K-1), 57] ICT codes: neutral, then for each score s its shape(s) at
+    weights[1:], then each left/right pair of :data:`SCORE_PAIRS` together (the pose bias of a
+    smile is not the sum of its sides': one side pitches the head ~0.2°, both 1.5-3°)."""
     num, steps = len(SCORE_NAMES), len(weights) - 1
     per_score = np.zeros((num, steps, num))
     per_score[np.arange(num), :, np.arange(num)] = weights[1:]
-    codes = scores_to_ict(per_score.reshape(-1, num), SCORE_NAMES, np.zeros(NUM_EXPRESSIONS))
+    per_pair = np.zeros((len(SCORE_PAIRS), steps, num))
+    for p, (left, right) in enumerate(SCORE_PAIRS):
+        per_pair[p, :, left] = per_pair[p, :, right] = weights[1:]
+    values = np.concatenate([per_score.reshape(-1, num), per_pair.reshape(-1, num)])
+    codes = scores_to_ict(values, SCORE_NAMES, np.zeros(NUM_EXPRESSIONS))
     return np.concatenate([np.zeros((1, NUM_EXPRESSIONS)), codes]).astype(np.float32)
 
 
-def retrack_scores(frames: np.ndarray) -> np.ndarray:
-    """[F,H,W,3] uint8 renders -> [F,S] MediaPipe scores (NaN rows where no face is found)."""
+def retrack(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[F,H,W,3] uint8 renders -> scores [F,S] and head rotations [F,3,3] (OpenCV camera
+    frame, :func:`~flexavatar.tracking.pose.mediapipe_to_head_pose`); NaN where no face is found."""
     scores = np.full((len(frames), len(SCORE_NAMES)), np.nan)
+    rotations = np.full((len(frames), 3, 3), np.nan)
+    correspondence = load_correspondence()
     for i, frame in enumerate(frames):  # one landmarker call per frame
         try:
-            scores[i] = detect_face(frame, with_mask=False).blendshapes[1:]
+            found = detect_face(frame, with_mask=False)
         except InvalidInputError:
-            pass
-    return scores
+            continue
+        scores[i] = found.blendshapes[1:]
+        rotations[i] = mediapipe_to_head_pose(found.transform, correspondence)[0]
+    return scores, rotations
 
 
-def sweep_responses(model: FlexAvatarModel, avatar: Avatar, weights: np.ndarray = SWEEP_WEIGHTS) -> np.ndarray:
-    """[S,K,S] scores re-tracked from ``avatar`` rendered with score s's shape(s) at weights[k]
-    (the neutral render is k = 0 for every s)."""
+def sweep_responses(
+    model: FlexAvatarModel, avatar: Avatar, weights: np.ndarray = SWEEP_WEIGHTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-tracked responses of ``avatar`` rendered with score s's shape(s) at weights[k] (the
+    neutral render is k = 0 for every s): scores [S,K,S] and the apparent head rotation [S,K,3]
+    (axis-angle, degrees, camera frame) relative to the neutral render's; NaN where untracked.
+    The rotation of each side of a left/right pair is half the pair's, both sides swept together."""
     codes = torch.from_numpy(sweep_codes(weights))
     camera = avatar.source_camera
     frames = []
@@ -72,10 +101,60 @@ def sweep_responses(model: FlexAvatarModel, avatar: Avatar, weights: np.ndarray 
             chunk = codes[start : start + pipeline.RENDER_CHUNK].to(model.device)
             rgb, _ = model.render(avatar, [camera] * len(chunk), chunk)
             frames.append((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
-    scores = retrack_scores(np.concatenate(frames))
+    scores, rotations = retrack(np.concatenate(frames))
+    relative = np.degrees(matrix_to_axis_angle(np.nan_to_num(rotations @ np.swapaxes(rotations[0], -1, -2))))
+    relative[np.isnan(rotations).any((1, 2))] = np.nan
     num, steps = len(SCORE_NAMES), len(weights) - 1
-    swept = scores[1:].reshape(num, steps, num)
-    return np.concatenate([np.broadcast_to(scores[0], (num, 1, num)), swept], axis=1)
+
+    def per_sweep(values: np.ndarray, count: int) -> np.ndarray:  # [1 + count*steps, C] -> [count,K,C]
+        swept = values[1 : 1 + count * steps].reshape(count, steps, -1)
+        return np.concatenate([np.broadcast_to(values[0], (count, 1, values.shape[-1])), swept], axis=1)
+
+    rotations = per_sweep(relative, num).copy()
+    pairs = per_sweep(np.concatenate([relative[:1], relative[1 + num * steps :]]), len(SCORE_PAIRS))
+    for (left, right), pair in zip(SCORE_PAIRS, pairs, strict=True):
+        rotations[left] = rotations[right] = pair / 2
+    return per_sweep(scores, num), rotations
+
+
+def sweep_turns(model: FlexAvatarModel, avatar: Avatar, degrees: np.ndarray = TURN_DEGREES) -> np.ndarray:
+    """[3,D,2] how MediaPipe sees the neutral ``avatar`` turned about its head centre: for each
+    camera axis (x pitch, y yaw, z roll) and each angle in ``degrees``, the commanded and the
+    re-tracked rotation about that axis (degrees, relative to the unturned render; NaN if untracked)."""
+    source = avatar.source_camera
+    head_centre = model.head.head_centre().double().cpu().numpy()
+    turns = np.zeros((3 * len(degrees), 3))
+    for axis in range(3):
+        turns[axis * len(degrees) : (axis + 1) * len(degrees), axis] = np.radians(degrees)
+    turns = np.concatenate([np.zeros((1, 3)), turns])
+    still = matrix_to_axis_angle(np.repeat(source.viewmat[:3, :3].double().cpu().numpy()[None], len(turns), 0))
+    translations = np.repeat(source.viewmat[:3, 3].double().cpu().numpy()[None], len(turns), 0)
+    # a still driver and a "bias" of minus the turn: the head turns by exactly ``turns`` about its centre
+    cameras = driving_cameras(avatar, head_centre, still, translations, True, source.width, rotation_bias=-turns)
+    with torch.no_grad():
+        rgb, _ = model.render(avatar, cameras, torch.zeros(1, NUM_EXPRESSIONS, device=model.device))
+    _, rotations = retrack((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
+    seen = np.degrees(matrix_to_axis_angle(np.nan_to_num(rotations @ np.swapaxes(rotations[0], -1, -2))))
+    seen[np.isnan(rotations).any((1, 2))] = np.nan
+    out = np.zeros((3, len(degrees), 2))
+    for axis in range(3):
+        rows = slice(1 + axis * len(degrees), 1 + (axis + 1) * len(degrees))
+        out[axis, :, 0], out[axis, :, 1] = degrees, seen[rows, axis]
+    return out
+
+
+def turn_gain(turns: np.ndarray) -> np.ndarray:
+    """[3] re-tracked / commanded rotation per camera axis (x pitch, y yaw, z roll) from
+    :func:`sweep_turns` results [A,3,D,2] of A avatars (least squares through 0, avatars and both
+    turn directions pooled: one gain per axis measured better than one per direction), within
+    :data:`TURN_GAIN_RANGE`."""
+    gains = np.ones(3)
+    for axis in range(3):
+        commanded, seen = turns[:, axis, :, 0].ravel(), turns[:, axis, :, 1].ravel()
+        ok = ~np.isnan(seen)
+        if ok.sum() >= 2:
+            gains[axis] = (commanded[ok] * seen[ok]).sum() / (commanded[ok] ** 2).sum()
+    return np.clip(gains, *TURN_GAIN_RANGE)
 
 
 def monotone(values: np.ndarray) -> np.ndarray:
@@ -89,8 +168,13 @@ def monotone(values: np.ndarray) -> np.ndarray:
     return np.concatenate([[mean] * int(count) for mean, count in blocks])
 
 
-def fit_calibration(responses: np.ndarray, weights: np.ndarray = SWEEP_WEIGHTS, meta: dict | None = None) -> MotionCalibration:
-    """Responses [A,S,K,S] of A avatars (NaN where untracked) -> :class:`MotionCalibration`."""
+def fit_calibration(
+    responses: np.ndarray, rotations: np.ndarray | None = None, weights: np.ndarray = SWEEP_WEIGHTS,
+    meta: dict | None = None, turns: np.ndarray | None = None,
+) -> MotionCalibration:  # fmt: skip
+    """Sweeps of A avatars -> :class:`MotionCalibration`: responses [A,S,K,S] and apparent
+    rotations [A,S,K,3] degrees (:func:`sweep_responses`; NaN where untracked), head turns
+    [A,3,D,2] (:func:`sweep_turns`)."""
     mean = np.nanmedian(responses, axis=0)  # [S,K,S]
     mean = np.where(np.isnan(mean), 0.0, mean)
     num = len(SCORE_NAMES)
@@ -98,27 +182,50 @@ def fit_calibration(responses: np.ndarray, weights: np.ndarray = SWEEP_WEIGHTS, 
     crosstalk = (mean[:, -1, :] - mean[:, 0, :]).T / weights[-1]  # [i,j]: score i per unit of shape j
     crosstalk[np.arange(num), np.arange(num)] = 0.0
     crosstalk[np.abs(crosstalk) < MIN_CROSSTALK] = 0.0
-    return MotionCalibration(SCORE_NAMES, weights, own, crosstalk, meta or {})
+    bias = None
+    if rotations is not None:
+        bias = np.nan_to_num(np.nanmedian(rotations, axis=0))  # [S,K,3]
+        bias[:, 0] = 0.0  # the neutral render is the reference
+    gain = turn_gain(turns) if turns is not None else None
+    return MotionCalibration(SCORE_NAMES, weights, own, crosstalk, meta or {}, bias, gain)
 
 
-def calibrate(model: FlexAvatarModel, photos, template: bool = True) -> MotionCalibration:
-    """Closed-loop calibration over trained avatars of ``photos`` (and the untrained template)."""
-    start = time.perf_counter()
-    avatars = [("trained", p, pipeline.create_avatar(p, model=model)) for p in photos]
+def calibration_avatars(model: FlexAvatarModel, photos, template: bool = True) -> list[tuple[str, str, FlexAvatarModel, Avatar]]:
+    """(kind, photo name, model, avatar) of every calibration avatar: trained avatars of
+    ``photos`` and, with ``template``, the untrained network's avatar of the first photo."""
+    avatars = [("trained", Path(p).name, model, pipeline.create_avatar(p, model=model)) for p in photos]
     if template:
         torch.manual_seed(0)
         untrained = FlexAvatarModel(model.config).to(model.device).eval()
-        avatars.append(("template", photos[0], pipeline.create_avatar(photos[0], model=untrained)))
-        responses = [sweep_responses(untrained if kind == "template" else model, a) for kind, _, a in avatars]
-    else:
-        responses = [sweep_responses(model, a) for _, _, a in avatars]
+        avatars.append(("template", Path(photos[0]).name, untrained, pipeline.create_avatar(photos[0], model=untrained)))
+    return avatars
+
+
+def calibrate(model: FlexAvatarModel, photos, template: bool = True, sweeps_path=None) -> MotionCalibration:
+    """Closed-loop calibration over trained avatars of ``photos`` (and the untrained template).
+    ``sweeps_path``: also save the per-avatar sweeps there (``.npz``, for :func:`refit`)."""
+    start = time.perf_counter()
+    avatars = calibration_avatars(model, photos, template)
+    responses, rotations = zip(*[sweep_responses(net, avatar) for _, _, net, avatar in avatars], strict=True)
+    turns = np.stack([sweep_turns(net, avatar) for _, _, net, avatar in avatars])
     meta = {
-        "avatars": [f"{kind}:{Path(p).name}" for kind, p, _ in avatars],
+        "avatars": [f"{kind}:{name}" for kind, name, _, _ in avatars],
         "model": model.model_id(),
         "command": "python -m flexavatar calibrate",
         "seconds": round(time.perf_counter() - start, 1),
     }
-    return fit_calibration(np.stack(responses), SWEEP_WEIGHTS, meta)
+    if sweeps_path is not None:
+        np.savez_compressed(sweeps_path, responses=np.stack(responses), rotations=np.stack(rotations),
+                            turns=turns, weights=SWEEP_WEIGHTS, meta=json.dumps(meta))  # fmt: skip
+    return fit_calibration(np.stack(responses), np.stack(rotations), SWEEP_WEIGHTS, meta, turns)
+
+
+def refit(sweeps_path) -> MotionCalibration:
+    """The calibration of sweeps saved by :func:`calibrate` (no rendering)."""
+    with np.load(sweeps_path) as sweeps:
+        turns = sweeps["turns"] if "turns" in sweeps else None
+        return fit_calibration(sweeps["responses"], sweeps["rotations"], sweeps["weights"], json.loads(str(sweeps["meta"])),
+                               turns)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,13 +234,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photos", nargs="*", default=None, help="default: " + ", ".join(CALIBRATION_PHOTOS))
     p.add_argument("--out", default=str(SHIPPED_WEIGHTS / CALIBRATION_FILE))
     p.add_argument("--no-template", action="store_true", help="trained avatars only")
+    p.add_argument("--sweeps", default=None, help="also save the per-avatar sweeps here (.npz)")
+    p.add_argument("--from-sweeps", default=None, help="refit sweeps saved with --sweeps (no rendering)")
     p.add_argument("--weights", default=None)
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    photos = args.photos or [str(media_dir() / name) for name in CALIBRATION_PHOTOS]
-    model = pipeline.load_model(args.weights, args.device)
-    calibration = calibrate(model, photos, template=not args.no_template)
+    if args.from_sweeps:
+        calibration = refit(args.from_sweeps)
+    else:
+        photos = args.photos or [str(media_dir() / name) for name in CALIBRATION_PHOTOS]
+        model = pipeline.load_model(args.weights, args.device)
+        calibration = calibrate(model, photos, template=not args.no_template, sweeps_path=args.sweeps)
     path = calibration.save(args.out)
+    if calibration.turn_gain is not None:
+        print("head turn gain (x pitch, y yaw, z roll): " + " ".join(f"{g:.3f}" for g in calibration.turn_gain))
     for name, row in zip(calibration.names, calibration.responses, strict=True):
         print(f"{name:>20}: " + " ".join(f"{v:.2f}" for v in row))
     print(f"wrote {path} ({calibration.meta['seconds']} s)")

@@ -4,20 +4,24 @@ Expressions. The driver's MediaPipe scores are not ICT weights: rendering the av
 ICT blendshape at weight w and re-tracking the render gives a score f(w) that is neither w
 nor linear (a full ICT jawOpen re-tracks as ~0.6, a full eyeBlink as ~0.3-0.5). A
 :class:`MotionCalibration` holds f per MediaPipe score, fitted in closed loop and monotone
-(:mod:`flexavatar.calibration`). The file also records the cross-talk between scores (a blink
-raises eyeLookDown, jawOpen raises mouthLowerDown); it is measured, not inverted: the driver's
-own scores carry the same cross-talk (a driver's blink raises its eyeLookDown too), and
-subtracting it one score at a time cancelled real motion. :func:`driving_expressions` works in score space: the avatar's target
-score is its rest score f(w_rest) plus the driver's change from its neutral level (relative
-motion) or the driver's score (absolute), then w = f⁻¹(target). The rest expression is the source
+(:mod:`flexavatar.calibration`). The file also records the cross-talk between scores (jawOpen
+raises mouthLowerDown and the smile, one side's smile the other's): the driver's scores carry
+it too, so the avatar's weights are solved jointly (:meth:`MotionCalibration.solve`, within the
+mouth and within the brows; the eyes' terms made blinks look down) and a jaw opening adds no
+smile of its own. :func:`driving_expressions` works in score space: the avatar's target score
+is its rest score f(w_rest) plus the driver's change from its neutral level (relative motion)
+or the driver's score (absolute), then w = f⁻¹(target). The rest expression is the source
 photo's or, with ``neutralise``, neutral (w_rest = 0): a frowning photo can then smile.
 
 Head pose. The head is fixed in canonical space, so the driver's motion becomes a camera
 (:func:`driving_cameras`): rotation from the driver (relative to its first frame, on top of
 the source pose), translation and depth (apparent size) damped by
 :data:`TRANSLATION_FOLLOW` and bounded so the head stays framed; ``follow_translation``
-follows them fully (still bounded). Frames where tracking is unreliable (a hand over the face)
-are interpolated upstream, in :func:`flexavatar.tracking.track_video`.
+follows them fully (still bounded). MediaPipe's head pose of a still ICT head changes with its
+expression (a smile pitches it by 1-4°, raised brows by -1-3°; measured in the same sweep):
+:func:`expression_pose_bias` predicts that from the avatar's weights and the cameras take it
+out. Frames where tracking is unreliable (a hand over the face) are interpolated upstream, in
+:func:`flexavatar.tracking.track_video`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from flexavatar.assets import SHIPPED_WEIGHTS
 from flexavatar.camera import Camera
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS, mediapipe_to_ict_matrix
 from flexavatar.model import Avatar
-from flexavatar.rotations import axis_angle_to_matrix
+from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 CALIBRATION_FILE = "motion_calibration.json"
 #: Fraction of the driver's translation / depth change the avatar follows by default.
@@ -67,6 +71,8 @@ BLINK_SCORES = ("eyeBlinkLeft", "eyeBlinkRight")
 #: Blink changes below this (score units) are a squint, not a blink: dropped (and the rest
 #: rescaled so a full blink stays full). Matters where no local baseline exists (live: 2 frames).
 BLINK_DEADZONE = 0.1
+#: Fixed-point iterations of :meth:`MotionCalibration.solve` (the cross-talk inversion).
+SOLVE_ITERATIONS = 8
 
 _MP_TO_ICT = mediapipe_to_ict_matrix()  # [52,57] 0/1
 
@@ -80,7 +86,14 @@ class MotionCalibration:
     responses: [S,K] re-tracked score s when the ICT shape(s) of that score are at each weight
         and all others at 0; non-decreasing along K (monotone fit).
     crosstalk: [S,S] extra score i per unit weight of shape j (j != i, only terms that matter;
-        the diagonal is 0); recorded for inspection, not used by :func:`driving_expressions`. meta: how it was made (avatars, grid, command).
+        the diagonal is 0): :meth:`predict` adds it, :meth:`solve` inverts the sum.
+    meta: how it was made (avatars, grid, command).
+    rotation_bias: [S,K,3] or None: the head rotation MediaPipe reports for a still head with
+        score s's shape(s) at weights[k] (axis-angle, degrees, camera frame, relative to the
+        neutral render); :meth:`pose_bias` sums it over shapes.
+    turn_gain: [3] or None: the re-tracked / commanded head rotation about each camera axis
+        (x pitch, y yaw, z roll) of a neutral avatar turned about its head centre;
+        :meth:`undo_turn_gain` divides by it.
     """
 
     names: tuple[str, ...]
@@ -88,11 +101,17 @@ class MotionCalibration:
     responses: np.ndarray
     crosstalk: np.ndarray
     meta: dict
+    rotation_bias: np.ndarray | None = None
+    turn_gain: np.ndarray | None = None
 
     def __post_init__(self):
         self.weights = np.asarray(self.weights, np.float64)
         self.responses = np.asarray(self.responses, np.float64)
         self.crosstalk = np.asarray(self.crosstalk, np.float64)
+        if self.rotation_bias is not None:
+            self.rotation_bias = np.asarray(self.rotation_bias, np.float64).reshape(len(self.names), len(self.weights), 3)
+        if self.turn_gain is not None:
+            self.turn_gain = np.asarray(self.turn_gain, np.float64).reshape(3)
         # strictly increasing copies for np.interp; flat responses keep the identity mapping
         span = self.responses[:, -1] - self.responses[:, 0]
         self.informative = span >= MIN_RESPONSE_SPAN
@@ -104,6 +123,13 @@ class MotionCalibration:
             bounded[:, k] = np.maximum(bounded[:, k], bounded[:, k - 1] + steps[:, k - 1])
         self._inverse_x = np.where(self.informative[:, None], bounded, self.weights[None])
         self._columns = np.array([MEDIAPIPE_BLENDSHAPE_NAMES.index(n) for n in self.names])
+        # cross-talk only onto scores the calibration can steer (an identity-mapped score's own
+        # shape barely registers: nothing to make up for) and only within a face part
+        # (:func:`face_part`): the eyes' terms are left out (measured: solving blink against
+        # eyeLookDown made the avatar look down instead of blinking)
+        parts = np.array([face_part(n) for n in self.names])
+        same_part = (parts[:, None] == parts[None]) & (parts[:, None] != "eyes")
+        self._solve_crosstalk = np.where(self.informative[:, None] & same_part, self.crosstalk, 0.0)
 
     def response(self, weights: np.ndarray) -> np.ndarray:
         """[...,S] ICT weights -> [...,S] predicted re-tracked scores (own shape only)."""
@@ -121,15 +147,65 @@ class MotionCalibration:
             out[..., s] = np.interp(scores[..., s], self._inverse_x[s], self.weights)
         return out
 
+    def predict(self, weights: np.ndarray) -> np.ndarray:
+        """[...,S] ICT weights -> [...,S] predicted re-tracked scores, cross-talk included."""
+        weights = np.asarray(weights, np.float64)
+        return self.response(weights) + weights @ self._solve_crosstalk.T
+
+    def solve(self, scores: np.ndarray) -> np.ndarray:
+        """[...,S] target scores -> [...,S] ICT weights in [0,1] whose :meth:`predict` is closest.
+
+        The driver's scores carry cross-talk (its jaw raises its mouthLowerDown and smile); the
+        avatar's shapes produce their own, so each weight only has to make up what the other
+        shapes do not already give: damped fixed-point iteration w <- f⁻¹(t - C w), vectorised
+        over frames (:data:`SOLVE_ITERATIONS`)."""
+        scores = np.asarray(scores, np.float64)
+        weights = self.inverse(scores)
+        if not self._solve_crosstalk.any():
+            return weights
+        for _ in range(SOLVE_ITERATIONS):
+            weights = 0.5 * weights + 0.5 * self.inverse(scores - weights @ self._solve_crosstalk.T)
+        return weights
+
+    def pose_bias(self, weights: np.ndarray) -> np.ndarray:
+        """[...,S] ICT weights -> [...,3] the head rotation (axis-angle, radians, camera frame) the
+        tracker sees in a still head making that expression (zeros without a measured bias)."""
+        weights = np.asarray(weights, np.float64)
+        bias = np.zeros((*weights.shape[:-1], 3))
+        if self.rotation_bias is None:
+            return bias
+        for s in np.flatnonzero(np.abs(self.rotation_bias).max((1, 2)) > 0):  # over channels
+            for axis in range(3):
+                bias[..., axis] += np.interp(weights[..., s], self.weights, self.rotation_bias[s, :, axis])
+        return np.radians(bias)
+
+    def undo_turn_gain(self, rotvecs: np.ndarray) -> np.ndarray:
+        """[...,3] axis-angle (camera frame) of a turn the tracker should see -> the turn to
+        command (each component divided by the gain of its axis; unchanged without one)."""
+        rotvecs = np.asarray(rotvecs, np.float64)
+        return rotvecs if self.turn_gain is None else rotvecs / self.turn_gain
+
     def to_json(self) -> dict:
-        return {"names": list(self.names), "weights": self.weights.round(4).tolist(),
+        data = {"names": list(self.names), "weights": self.weights.round(4).tolist(),
                 "responses": self.responses.round(4).tolist(), "crosstalk": self.crosstalk.round(4).tolist(),
                 "meta": self.meta}  # fmt: skip
+        if self.rotation_bias is not None:
+            data["rotation_bias"] = self.rotation_bias.round(3).tolist()
+        if self.turn_gain is not None:
+            data["turn_gain"] = self.turn_gain.round(4).tolist()
+        return data
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
         return path
+
+
+def face_part(name: str) -> str:
+    """The face part of a MediaPipe score: "eyes", "brows" or "mouth" (jaw, cheeks and nose too)."""
+    if name.startswith("eye"):
+        return "eyes"
+    return "brows" if name.startswith("brow") else "mouth"
 
 
 def identity_calibration() -> MotionCalibration:
@@ -154,7 +230,7 @@ def _read_calibration(path: str, mtime_ns: int) -> MotionCalibration:
     del mtime_ns  # part of the cache key: a regenerated file is read again
     data = json.loads(Path(path).read_text())
     return MotionCalibration(tuple(data["names"]), data["weights"], data["responses"], data["crosstalk"],
-                             data.get("meta", {}))  # fmt: skip
+                             data.get("meta", {}), data.get("rotation_bias"), data.get("turn_gain"))  # fmt: skip
 
 
 def ict_to_scores(expressions: np.ndarray, names) -> np.ndarray:
@@ -192,11 +268,11 @@ def driving_expressions(
     """
     calibration = calibration if calibration is not None else load_calibration()
     names = calibration.names
-    source = np.zeros(NUM_EXPRESSIONS) if neutralise else avatar.source_expression.detach().cpu().numpy().astype(np.float64)
+    source = rest_expression(avatar, neutralise)
     scores = ict_to_scores(driver, names)  # [T,S]
     if relative:
         source_weights = ict_to_scores(source, names)  # [S]
-        rest = calibration.response(source_weights)
+        rest = calibration.predict(source_weights)
         neutral = np.minimum(np.percentile(scores, DRIVER_NEUTRAL_PERCENTILE, axis=0), scores[0])
         neutral = np.repeat(neutral[None], len(scores), axis=0)
         blinks = [names.index(n) for n in BLINK_SCORES if n in names]
@@ -207,10 +283,25 @@ def driving_expressions(
         delta[:, blinks] = np.maximum(delta[:, blinks] - BLINK_DEADZONE, 0.0) / (1.0 - BLINK_DEADZONE)
         # the change of weight, added per ICT shape: a still driver leaves the rest exactly
         # (also where the source's left and right of a paired shape differ)
-        change = calibration.inverse(rest[None] + delta) - source_weights[None]
+        change = calibration.solve(rest[None] + delta) - source_weights[None]
         return np.clip(source + scores_to_ict(change, names, np.zeros(NUM_EXPRESSIONS)), 0, 1).astype(np.float32)
-    weights = calibration.inverse(scores)
+    weights = calibration.solve(scores)
     return np.clip(scores_to_ict(weights, names, source), 0, 1).astype(np.float32)
+
+
+def rest_expression(avatar: Avatar | None, neutralise: bool) -> np.ndarray:
+    """[57] float64 the avatar's rest expression: neutral (zeros) or its source photo's."""
+    if neutralise or avatar is None:
+        return np.zeros(NUM_EXPRESSIONS)
+    return avatar.source_expression.detach().cpu().numpy().astype(np.float64)
+
+
+def expression_pose_bias(calibration: MotionCalibration, expressions: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """[T,3] axis-angle (radians, camera frame): how much the tracker will see the avatar's head
+    rotated by its expressions [T,57] beyond its rest expression [57] (:meth:`MotionCalibration.pose_bias`).
+    :func:`driving_cameras` takes it out, so the head turns as the driver's does, not more when it smiles."""
+    names = calibration.names
+    return calibration.pose_bias(ict_to_scores(expressions, names)) - calibration.pose_bias(ict_to_scores(rest, names))
 
 
 def driving_cameras(
@@ -221,6 +312,8 @@ def driving_cameras(
     relative: bool,
     resolution: int,
     follow_translation: bool = False,
+    rotation_bias: np.ndarray | None = None,
+    calibration: MotionCalibration | None = None,
 ) -> list[Camera]:
     """Cameras that show the avatar with the driving video's head motion.
 
@@ -230,6 +323,10 @@ def driving_cameras(
     centre's motion since frame 0 (rescaled to the source's distance) is followed by
     :data:`TRANSLATION_FOLLOW` (1 with ``follow_translation``), then bounded to
     :data:`MAX_SHIFT_FRACTION` of the frame in-plane and :data:`MAX_DEPTH_FRACTION` in depth.
+    rotation_bias [T,3] axis-angle (radians, camera frame; :func:`expression_pose_bias`): the
+    apparent rotation the avatar's expressions will add, undone here. calibration: its
+    :attr:`~MotionCalibration.turn_gain` (how much of a head turn the tracker sees on an avatar)
+    is undone on the relative rotation and on the bias (relative motion only for the rotation).
     """
     source = avatar.source_camera
     viewmat = source.viewmat.double().cpu().numpy()
@@ -244,7 +341,14 @@ def driving_cameras(
     max_shift = MAX_SHIFT_FRACTION * source.width * centre_cam[2] / focal  # metres at the head's depth
     motion[:, :2] = np.clip(motion[:, :2], -max_shift, max_shift)
     motion[:, 2] = np.clip(motion[:, 2], -MAX_DEPTH_FRACTION * centre_cam[2], MAX_DEPTH_FRACTION * centre_cam[2])
-    new_rot = drive_rot @ drive_rot[0].T @ source_rot if relative else drive_rot
+    turn = drive_rot @ drive_rot[0].T  # [T,3,3] the driver's rotation since frame 0, camera frame
+    if calibration is not None:
+        turn = axis_angle_to_matrix(calibration.undo_turn_gain(matrix_to_axis_angle(turn)))
+    new_rot = turn @ source_rot if relative else drive_rot
+    if rotation_bias is not None:  # a commanded turn shows as gain x itself
+        bias = np.asarray(rotation_bias, np.float64)
+        bias = calibration.undo_turn_gain(bias) if calibration is not None else bias
+        new_rot = axis_angle_to_matrix(-bias) @ new_rot
     new_centre = centre_cam + motion
     K = source.K.clone().double()
     K[:2] *= resolution / source.width

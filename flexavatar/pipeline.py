@@ -25,7 +25,14 @@ from flexavatar.errors import InvalidInputError
 from flexavatar.export import save_ply
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
-from flexavatar.motion import MotionCalibration, driving_cameras, driving_expressions, load_calibration
+from flexavatar.motion import (
+    MotionCalibration,
+    driving_cameras,
+    driving_expressions,
+    expression_pose_bias,
+    load_calibration,
+    rest_expression,
+)
 from flexavatar.options import DEFAULTS, RESOLUTIONS, RequestOptions
 from flexavatar.refine import refine
 from flexavatar.rotations import matrix_to_quat, quat_to_matrix
@@ -347,12 +354,14 @@ def reenact(
     warnings = list(track.warnings)  # includes the cut, when the video was longer than max_seconds
     avatar = avatar.to(model.device)
     head_centre = model.head.head_centre().double().cpu().numpy()
-    cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution,
-                              follow_translation=follow_translation)  # fmt: skip
     if not isinstance(calibration, MotionCalibration):
         calibration = load_calibration(calibration)
-    expressions = torch.from_numpy(driving_expressions(avatar, track.expressions, relative, neutralise, calibration,
-                                                          track.fps))  # fmt: skip
+    expressions = driving_expressions(avatar, track.expressions, relative, neutralise, calibration, track.fps)
+    bias = expression_pose_bias(calibration, expressions, rest_expression(avatar, neutralise))
+    cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution,
+                              follow_translation=follow_translation, rotation_bias=bias,
+                              calibration=calibration)  # fmt: skip
+    expressions = torch.from_numpy(expressions)
     bg = _background(background)
     total = len(cameras)
     out_path = _out_path(out_path, ".mp4")

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 from flexavatar import pipeline
 from flexavatar.__main__ import main
@@ -17,12 +18,15 @@ from flexavatar.motion import (
     MAX_SHIFT_FRACTION,
     driving_cameras,
     driving_expressions,
+    expression_pose_bias,
     identity_calibration,
     load_calibration,
     scores_to_ict,
 )
-from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_angle_deg
 from flexavatar.tracking import detect_face, track_video
+from flexavatar.tracking.correspondence import load_correspondence
+from flexavatar.tracking.pose import mediapipe_to_head_pose
 from flexavatar.tracking.video_track import excursion_frames
 from flexavatar.video import iter_frames, probe_video, write_mp4
 
@@ -191,3 +195,90 @@ def test_cli_has_motion_eval_and_calibrate():
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0
+
+
+def test_closed_eyes_retrack_as_closed(model, astronaut):
+    """A full ICT blink re-tracks as a blink: the stretched lid's Gaussians widen with it and cover
+    the eyeball (without that the lid left gaps, and deeper blinks re-tracked as *more* open)."""
+    codes = np.zeros((3, NUM_EXPRESSIONS), np.float32)
+    for index, weight in enumerate((0.0, 0.75, 1.0)):
+        codes[index, [EXPRESSION_INDEX["eyeBlink_L"], EXPRESSION_INDEX["eyeBlink_R"]]] = weight
+    columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) for n in ("eyeBlinkLeft", "eyeBlinkRight")]
+    blinks = np.array([detect_face(f, with_mask=False).blendshapes[columns] for f in _render(model, astronaut, codes)])
+    assert (blinks[2] > 0.55).all() and (blinks[2] >= blinks[1] - 0.02).all() and (blinks[0] < 0.15).all(), blinks
+
+
+#: MediaPipe's inner-lip contour and face oval (landmark indices).
+INNER_LIPS = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95]
+FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
+             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]  # fmt: skip
+
+
+def test_open_mouth_is_dark_inside(model, astronaut):
+    """The astronaut's photo has a closed mouth: opened, its interior shows the dark prior and the
+    teeth, not the lips' colours lifted through them (inside the re-tracked inner-lip contour,
+    luminance relative to the rest of the face: measured 0.72, 0.95 with the lips lifted through)."""
+    code = np.zeros((1, NUM_EXPRESSIONS), np.float32)
+    code[0, EXPRESSION_INDEX["jawOpen"]] = 0.7
+    frame = _render(model, astronaut, code)[0]
+    landmarks = detect_face(frame, with_mask=False).landmarks[:, :2]
+
+    def inside(polygon: np.ndarray) -> np.ndarray:
+        canvas = Image.new("1", frame.shape[1::-1])
+        ImageDraw.Draw(canvas).polygon([tuple(p) for p in polygon.tolist()], fill=1)
+        return np.asarray(canvas)
+
+    mouth = inside(landmarks[INNER_LIPS])
+    face = inside(landmarks[FACE_OVAL]) & ~mouth
+    luminance = frame.astype(np.float64).mean(-1)
+    assert mouth.sum() > 100  # the mouth is open
+    assert luminance[mouth].mean() < 0.8 * luminance[face].mean()
+
+
+def test_pose_bias_compensation_keeps_a_smiling_head_still(model, astronaut):
+    """A still head that smiles or raises its brows re-tracks as turned (MediaPipe's pose bias,
+    measured in the calibration sweep); the compensated cameras take much of that out (astronaut,
+    mean apparent turn over four expressions: measured 0.77° plain, 0.42° compensated)."""
+    calibration = load_calibration()
+    expressions = (("mouthSmile_L", "mouthSmile_R"), ("browInnerUp_L", "browInnerUp_R"),
+                   ("mouthSmile_L", "mouthSmile_R", "browInnerUp_L", "browInnerUp_R"), ("mouthUpperUp_L", "mouthUpperUp_R"))  # fmt: skip
+    codes = np.zeros((1 + len(expressions), NUM_EXPRESSIONS), np.float32)
+    for row, shapes in enumerate(expressions, start=1):
+        codes[row, [EXPRESSION_INDEX[n] for n in shapes]] = 0.8
+    bias = expression_pose_bias(calibration, codes, np.zeros(NUM_EXPRESSIONS))
+    assert np.abs(bias[0]).max() == 0 and np.degrees(np.linalg.norm(bias[1:], axis=1)).min() > 0.3
+    head_centre = model.head.head_centre().double().numpy()
+    still = matrix_to_axis_angle(np.tile(astronaut.source_camera.viewmat[:3, :3].double().numpy()[None], (len(codes), 1, 1)))
+    translations = np.tile(astronaut.source_camera.viewmat[:3, 3].double().numpy()[None], (len(codes), 1))
+    apparent = {}
+    for name, rotation_bias in (("plain", None), ("compensated", bias)):
+        cameras = driving_cameras(astronaut, head_centre, still, translations, True, 256, rotation_bias=rotation_bias,
+                                  calibration=calibration)  # fmt: skip
+        with torch.no_grad():
+            rgb, _ = model.render(astronaut, cameras, torch.from_numpy(codes))
+        frames = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+        correspondence = load_correspondence()
+        rotations = [mediapipe_to_head_pose(detect_face(f, with_mask=False).transform, correspondence)[0] for f in frames]
+        apparent[name] = float(np.mean([rotation_angle_deg(rotations[0], r) for r in rotations[1:]]))
+    assert apparent["compensated"] < 0.75 * apparent["plain"], apparent
+
+
+def test_turn_gain_makes_a_head_turn_retrack_at_its_size(model, astronaut):
+    """MediaPipe sees an avatar's 15° yaw as ~13°; the calibrated cameras turn it so that it
+    re-tracks closer to the driver's 15°."""
+    calibration = load_calibration()
+    head_centre = model.head.head_centre().double().numpy()
+    source = astronaut.source_camera.viewmat.double().numpy()
+    turn = axis_angle_to_matrix(np.array([[0.0, 0.0, 0.0], [0.0, np.radians(15.0), 0.0]]))
+    rotations = matrix_to_axis_angle(turn @ source[:3, :3])
+    translations = np.tile(source[:3, 3][None], (2, 1))
+    seen = {}
+    for name, cal in (("plain", None), ("calibrated", calibration)):
+        cameras = driving_cameras(astronaut, head_centre, rotations, translations, True, 256, calibration=cal)
+        with torch.no_grad():
+            rgb, _ = model.render(astronaut, cameras, torch.zeros(1, NUM_EXPRESSIONS))
+        frames = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+        correspondence = load_correspondence()
+        poses = [mediapipe_to_head_pose(detect_face(f, with_mask=False).transform, correspondence)[0] for f in frames]
+        seen[name] = float(rotation_angle_deg(poses[0], poses[1]))
+    assert abs(seen["calibrated"] - 15.0) < abs(seen["plain"] - 15.0), seen

@@ -1,0 +1,84 @@
+"""The motion calibration file: fitted from sweeps, saved, loaded, inverted (cross-talk and pose bias)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from flexavatar.calibration import SCORE_NAMES, SWEEP_WEIGHTS, TURN_DEGREES, fit_calibration, refit
+from flexavatar.motion import load_calibration
+
+JAW, SMILE_L = SCORE_NAMES.index("jawOpen"), SCORE_NAMES.index("mouthSmileLeft")
+
+
+def synthetic_sweeps(num_avatars: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Sweeps as :func:`flexavatar.calibration.sweep_responses` returns them, of avatars whose
+    every score responds as 0.6 w^1.5 (+ a per-avatar offset), whose jaw raises mouthSmileLeft by
+    0.3 per unit and whose smile pitches the head by 2° per unit."""
+    num, k = len(SCORE_NAMES), len(SWEEP_WEIGHTS)
+    responses = np.zeros((num_avatars, num, k, num))
+    rotations = np.zeros((num_avatars, num, k, 3))
+    for a in range(num_avatars):
+        offset = 0.01 * a
+        responses[a] += offset
+        responses[a, np.arange(num), :, np.arange(num)] = 0.6 * SWEEP_WEIGHTS**1.5 + offset
+        responses[a, JAW, :, SMILE_L] += 0.3 * SWEEP_WEIGHTS
+        rotations[a, SMILE_L, :, 0] = 2.0 * SWEEP_WEIGHTS + 0.1 * a
+    rotations[:, :, 0] = 0.0
+    return responses, rotations
+
+
+def synthetic_turns(num_avatars: int = 3) -> np.ndarray:
+    """Head-turn sweeps as :func:`flexavatar.calibration.sweep_turns` returns them: the tracker
+    sees 0.9x the pitch, 0.85x the yaw and all of the roll (one avatar's yaw untracked at 20°)."""
+    turns = np.zeros((num_avatars, 3, len(TURN_DEGREES), 2))
+    turns[..., 0] = TURN_DEGREES
+    turns[..., 1] = TURN_DEGREES * np.array([0.9, 0.85, 1.0])[None, :, None]
+    turns[0, 1, -1, 1] = np.nan
+    return turns
+
+
+def test_fit_recovers_response_crosstalk_and_pose_bias(tmp_path):
+    responses, rotations = synthetic_sweeps()
+    calibration = fit_calibration(responses, rotations, SWEEP_WEIGHTS, {"command": "test"}, synthetic_turns())
+    assert np.allclose(calibration.turn_gain, [0.9, 0.85, 1.0])
+    assert np.allclose(calibration.responses[JAW], 0.6 * SWEEP_WEIGHTS**1.5 + 0.01)  # median over avatars
+    assert abs(calibration.crosstalk[SMILE_L, JAW] - 0.3) < 1e-9
+    assert np.count_nonzero(calibration.crosstalk) == 1
+    assert np.allclose(calibration.rotation_bias[SMILE_L, :, 0], 2.0 * SWEEP_WEIGHTS + 0.1 * (SWEEP_WEIGHTS > 0))
+    # the file round-trips (what `calibrate` writes is what reenactment reads)
+    loaded = load_calibration(calibration.save(tmp_path / "calibration.json"))
+    for name in ("weights", "responses", "crosstalk", "rotation_bias", "turn_gain"):
+        assert np.allclose(getattr(loaded, name), getattr(calibration, name), atol=1e-3), name
+    # so do the saved sweeps (`calibrate --sweeps`, then `--from-sweeps`)
+    np.savez(tmp_path / "sweeps.npz", responses=responses, rotations=rotations, turns=synthetic_turns(),
+             weights=SWEEP_WEIGHTS, meta=json.dumps({"command": "test"}))  # fmt: skip
+    refitted = refit(tmp_path / "sweeps.npz")
+    assert np.allclose(refitted.rotation_bias, calibration.rotation_bias)
+    assert np.allclose(refitted.turn_gain, calibration.turn_gain)
+
+
+def test_solve_undoes_crosstalk():
+    """The driver's jaw raises its smile score; the avatar's jaw does the same, so no smile is added."""
+    calibration = fit_calibration(*synthetic_sweeps())
+    weights = np.zeros((1, len(SCORE_NAMES)))
+    weights[0, JAW] = 0.7
+    targets = calibration.predict(weights)
+    assert targets[0, SMILE_L] > 0.2  # the jaw's cross-talk
+    assert calibration.inverse(targets)[0, SMILE_L] > 0.3  # score by score: a smile would be added
+    solved = calibration.solve(targets)
+    assert np.abs(solved - weights).max() < 0.02
+
+
+def test_shipped_calibration_solves_its_own_predictions():
+    calibration = load_calibration()
+    assert calibration.meta.get("command") == "python -m flexavatar calibrate"
+    assert calibration.rotation_bias is not None and calibration.crosstalk.any()
+    assert calibration.turn_gain is not None and (np.abs(calibration.turn_gain - 1) <= 0.3).all()
+    rng = np.random.default_rng(0)
+    num = len(calibration.names)
+    weights = rng.uniform(0, 1, (400, num)) * (rng.uniform(0, 1, (400, num)) < 0.15)  # a few shapes at once
+    targets = calibration.predict(weights)
+    error = np.abs(calibration.predict(calibration.solve(targets)) - targets)
+    assert error.mean() < 0.005 and error.max() < 0.06, (error.mean(), error.max())
