@@ -54,6 +54,9 @@ HAIR_FRONT_Z_M = 0.0
 #: inward along its normal until every view has it on the head, at most this far (metres); further
 #: than that (a neck below the collar) it is outside the hull and transparent.
 MAX_INSET_M = 0.04
+#: A lifted texel's centre must lie this box (px) in from every view's silhouette edge: heights
+#: interpolated or blurred up to the edge make blobs past it (rim texels sit SHELL_MARGIN_M in).
+LIFT_ERODE = 7
 INSET_STEPS = 16
 #: Opacity logit added where a texel lies outside the visual hull (sigmoid(logit(0.99) - 12) < 0.001).
 OUTSIDE_HULL_LOGIT = -12.0
@@ -275,10 +278,11 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     inset = outside & carved & ~neck & torch.isfinite(depth)
     heights = torch.where(inset, -depth.nan_to_num(posinf=0.0), heights)
     outside = outside & ~inset
-    # a lifted texel whose centre some view shows off the head (heights interpolated or blurred
-    # past the hull, a neck texel lifted beside a collar) is outside the hull too
+    # a lifted texel whose centre some view shows off the head, or at its edge (heights
+    # interpolated or blurred past the hull, a neck texel lifted beside a collar), is cut too
     lifted = _project(points + normals * heights[None, :, None], viewmats, Ks)
-    outside = outside | (_off_silhouette(lifted, eroded) & (heights > 0))
+    inner = -F.max_pool2d(-silhouettes, LIFT_ERODE, 1, LIFT_ERODE // 2)
+    outside = outside | (_off_silhouette(lifted, inner) & (heights > 0))
     # every surface texel is cut where a view shows it off the head (the front of the neck over a
     # shirt too, which carries no hair and so is not on the hair chart)
     return WholeHead(heights=heights, rim=rim * chart, outside_hull=outside & carved, parts=parts,
