@@ -25,6 +25,7 @@ from flexavatar.errors import InvalidInputError
 from flexavatar.export import save_ply
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
+from flexavatar.model.network import DeformCache
 from flexavatar.motion import (
     MotionCalibration,
     driving_cameras,
@@ -268,11 +269,13 @@ def render_still(
     resolution: int = 256,
     background=DEFAULTS.background,
     model: FlexAvatarModel | None = None,
+    deform_cache: DeformCache | None = None,
 ) -> np.ndarray:
     """One frame [S,S,3] uint8 of ``avatar`` with expression controls and a head turn.
 
     yaw_deg > 0 turns the head to its own left, pitch_deg > 0 lifts the chin (degrees, within
     ±90 / ±60); the camera is the turntable's. Controls as in :func:`expression_from_controls`.
+    deform_cache: ``model.prepare_deform(avatar)``, when the same avatar is rendered again and again.
     """
     model = _as_model(model)
     if not (64 <= int(resolution) <= 1024):
@@ -284,7 +287,7 @@ def render_still(
     camera = orbit_camera(-yaw_deg, -pitch_deg, TURNTABLE_DISTANCE_M, model.head.head_centre().cpu(),
                           focal_from_fov(TURNTABLE_FOV_DEG, size), size, size)  # fmt: skip
     with torch.no_grad():
-        rgb, _ = model.render(avatar, [camera], code, background=_background(background))
+        rgb, _ = model.render(avatar, [camera], code, background=_background(background), cache=deform_cache)
     return _to_uint8(rgb[0])
 
 

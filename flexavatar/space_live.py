@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from flexavatar import pipeline
 from flexavatar.errors import InvalidInputError
 from flexavatar.live import LiveSession
 from flexavatar.model import Avatar, FlexAvatarModel
+from flexavatar.model.network import DeformCache
 from flexavatar.options import ON_GPU
 from flexavatar.space import file_path, require_avatar_file
 
@@ -55,6 +57,22 @@ def avatar_or_example(model: FlexAvatarModel, avatar_file, example_photo) -> tup
     if not Path(path).is_file():
         raise InvalidInputError(f"{Path(path).name}: file not found. Upload the .avatar file again.")
     return _read_avatar(model, path, Path(path).stat().st_mtime_ns), path
+
+
+#: (model, avatar, its DeformCache) by id(model), id(avatar): the avatars come from the caches
+#: above (one object per file until it changes), so each is prepared once; the last few are kept.
+_DEFORM_CACHES: OrderedDict[tuple[int, int], tuple[FlexAvatarModel, Avatar, DeformCache]] = OrderedDict()
+
+
+def deform_cache(model: FlexAvatarModel, avatar: Avatar) -> DeformCache:
+    """``model.prepare_deform(avatar)``, made once per avatar object (the slider stills reuse it)."""
+    key = (id(model), id(avatar))
+    entry = _DEFORM_CACHES.get(key)
+    if entry is None or entry[0] is not model or entry[1] is not avatar:  # an id reused by a new object
+        entry = _DEFORM_CACHES[key] = (model, avatar, model.prepare_deform(avatar))
+        while len(_DEFORM_CACHES) > 4:
+            _DEFORM_CACHES.popitem(last=False)
+    return entry[2]
 
 
 # --------------------------------------------------------------------------------------- live
@@ -111,7 +129,8 @@ def still(model: FlexAvatarModel, avatar_file, controls: dict[str, float], yaw_d
           example_photo) -> np.ndarray:  # fmt: skip
     """The avatar (or the example) with expression sliders and head yaw/pitch: [S,S,3] uint8."""
     avatar, _ = avatar_or_example(model, avatar_file, example_photo)
-    return pipeline.render_still(avatar, controls, yaw_deg=yaw_deg, pitch_deg=pitch_deg, model=model)
+    return pipeline.render_still(avatar, controls, yaw_deg=yaw_deg, pitch_deg=pitch_deg, model=model,
+                                 deform_cache=deform_cache(model, avatar))  # fmt: skip
 
 
 def blend(model: FlexAvatarModel, first_file, second_file, weight: float, example_photo) -> Avatar:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from flexavatar import pipeline
+from flexavatar import pipeline, space_live
 from flexavatar.camera import focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
@@ -99,6 +99,17 @@ def test_deform_cache_renders_what_the_reference_path_renders(shipped_model, ast
         model.deform(avatar, expressions, cache=cache)  # gradients on: the cache would cut them
     with torch.no_grad(), pytest.raises(ValueError, match="data_source"):
         model.deform(avatar, expressions, data_source=1, cache=cache)
+
+
+def test_stills_reuse_the_avatars_deform_cache(shipped_model, astronaut_avatar):
+    """The Space's slider stills prepare an avatar once (space_live.deform_cache), same image."""
+    first = space_live.deform_cache(shipped_model, astronaut_avatar)
+    assert space_live.deform_cache(shipped_model, astronaut_avatar) is first
+    assert space_live.deform_cache(shipped_model, replace(astronaut_avatar)) is not first  # another avatar object
+    controls = {"smile": 0.8, "blink": 0.3}
+    cached = pipeline.render_still(astronaut_avatar, controls, yaw_deg=10, model=shipped_model, deform_cache=first)
+    plain = pipeline.render_still(astronaut_avatar, controls, yaw_deg=10, model=shipped_model)
+    assert np.abs(cached.astype(int) - plain.astype(int)).max() <= 1
 
 
 def test_live_stream_follows_the_driver(shipped_model, astronaut_avatar, driving_frames):
