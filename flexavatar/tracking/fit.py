@@ -225,8 +225,8 @@ def fit_head(
 
 
 @contextlib.contextmanager
-def _torch_threads(count: int):
-    """Temporarily limit torch's intra-op threads: the fit's ops are tiny (a few thousand
+def torch_threads(count: int):
+    """Temporarily limit torch's intra-op threads: for tiny ops (the fit's: a few thousand
     numbers), where waking a thread pool costs more than it saves, and on a shared 2-vCPU
     machine the pool's spinning threads fight other work (measured: 2-10x slower)."""
     previous = torch.get_num_threads()
@@ -245,7 +245,7 @@ def fit_crops(
     iterations: int = ITERATIONS,
 ) -> HeadFit:
     """The optimisation part of :func:`fit_head`, on already detected and cropped images."""
-    with _torch_threads(1):
+    with torch_threads(1):
         return _fit_crops(crops, detections, names, num_identity, iterations)
 
 
