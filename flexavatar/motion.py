@@ -55,9 +55,10 @@ MIN_RESPONSE_SPAN = 0.05
 #: The inverse never amplifies a score change by more than this (ICT weight per score unit):
 #: where the avatar barely responds, a steeper inverse would only amplify tracking noise.
 MAX_GAIN = 2.5
-#: ...but for blinks: fully closed lids of many avatars render pale (lid texels lifted from the
-#: open eye) and re-track as *less* closed than half-closed ones, so deep blink weights are
-#: avoided (measured: blink r 0.69 -> 0.88 on single_face.mp4 x astronaut.png at gain 1.5).
+#: ...but for blinks: before the lids' Gaussians followed their stretch, fully closed lids let the
+#: eyeball show through and re-tracked as *less* closed than half-closed ones (blink r 0.69 ->
+#: 0.88 on single_face.mp4 x astronaut.png at 1.5). With stretch-aware scales 2.5 measured no
+#: better (blink r of 3 avatars x 2 clips: 4 up by 0.01-0.11, 3 down by 0.01-0.06), so 1.5 stays.
 SCORE_MAX_GAIN = {"eyeBlinkLeft": 1.5, "eyeBlinkRight": 1.5}
 #: The driver's neutral level of each score: this percentile over the clip, never above frame 0.
 #: A driver who starts puckered or frowning then relaxes moves *down* from frame 0; measured
