@@ -47,8 +47,14 @@ CALIBRATION_PHOTOS = ("astronaut.png", "multi_face.jpg", "0-f1-su-ph.jpg", "0-f1
 #: Cross-talk below this (score per unit weight) is ignored.
 MIN_CROSSTALK = 0.1
 SCORE_NAMES = MEDIAPIPE_BLENDSHAPE_NAMES[1:]
-#: (left, right) indices into SCORE_NAMES of the scores that come in pairs.
-SCORE_PAIRS = tuple((i, SCORE_NAMES.index(n[:-4] + "Right")) for i, n in enumerate(SCORE_NAMES) if n.endswith("Left"))
+#: (left, right) indices into SCORE_NAMES of the scores that come in symmetric pairs (a smile,
+#: a blink, raised brows); not the opposite directions jawLeft/Right, mouthLeft/Right, or a
+#: gaze's eyeLookIn/Out (one eye looks in while the other looks out).
+SCORE_PAIRS = tuple(
+    (i, SCORE_NAMES.index(n[:-4] + "Right"))
+    for i, n in enumerate(SCORE_NAMES)
+    if n.endswith("Left") and n not in ("jawLeft", "mouthLeft", "eyeLookInLeft", "eyeLookOutLeft")
+)
 #: Head turns (degrees about each camera axis) of the pose-gain sweep: MediaPipe sees an
 #: avatar's head turns smaller than they are (yaw ~0.87x), so the cameras turn it further.
 TURN_DEGREES = np.array([-20.0, -10.0, 10.0, 20.0])
@@ -92,7 +98,10 @@ def sweep_responses(
     """Re-tracked responses of ``avatar`` rendered with score s's shape(s) at weights[k] (the
     neutral render is k = 0 for every s): scores [S,K,S] and the apparent head rotation [S,K,3]
     (axis-angle, degrees, camera frame) relative to the neutral render's; NaN where untracked.
-    The rotation of each side of a left/right pair is half the pair's, both sides swept together."""
+
+    A side of a symmetric pair (:data:`SCORE_PAIRS`) is measured with both sides swept together,
+    as faces move them (:func:`merge_pair_sweeps`): one side alone re-tracks lower (the brows
+    raised together were over-driven 1.6-2x) and pitches the head far less than both."""
     codes = torch.from_numpy(sweep_codes(weights))
     camera = avatar.source_camera
     frames = []
@@ -110,11 +119,28 @@ def sweep_responses(
         swept = values[1 : 1 + count * steps].reshape(count, steps, -1)
         return np.concatenate([np.broadcast_to(values[0], (count, 1, values.shape[-1])), swept], axis=1)
 
-    rotations = per_sweep(relative, num).copy()
-    pairs = per_sweep(np.concatenate([relative[:1], relative[1 + num * steps :]]), len(SCORE_PAIRS))
-    for (left, right), pair in zip(SCORE_PAIRS, pairs, strict=True):
-        rotations[left] = rotations[right] = pair / 2
-    return per_sweep(scores, num), rotations
+    pair_scores = per_sweep(np.concatenate([scores[:1], scores[1 + num * steps :]]), len(SCORE_PAIRS))
+    pair_turns = per_sweep(np.concatenate([relative[:1], relative[1 + num * steps :]]), len(SCORE_PAIRS))
+    return merge_pair_sweeps(per_sweep(scores, num), per_sweep(relative, num), pair_scores, pair_turns)
+
+
+def merge_pair_sweeps(
+    scores: np.ndarray, rotations: np.ndarray, pair_scores: np.ndarray, pair_rotations: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Single-shape sweeps scores [S,K,S], rotations [S,K,3] and pair sweeps [P,K,S], [P,K,3]
+    (:data:`SCORE_PAIRS`, both sides at each weight) -> scores, rotations [S,K,...] where each side
+    of a pair responds as in the pair: its own score the pair's, its other side's unchanged (the
+    pair's is in its own), every other score and the rotation by half the pair's change."""
+    scores, rotations = scores.copy(), rotations.copy()
+    for (left, right), pair, turn in zip(SCORE_PAIRS, pair_scores, pair_rotations, strict=True):
+        neutral = pair[0]
+        half = neutral + (pair - neutral) / 2  # [K,S]
+        rotations[left] = rotations[right] = turn / 2
+        for side, other in ((left, right), (right, left)):
+            scores[side] = half
+            scores[side, :, side] = pair[:, side]
+            scores[side, :, other] = neutral[other]
+    return scores, rotations
 
 
 def sweep_turns(model: FlexAvatarModel, avatar: Avatar, degrees: np.ndarray = TURN_DEGREES) -> np.ndarray:
