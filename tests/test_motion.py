@@ -170,13 +170,18 @@ def test_head_translation_is_damped_and_bounded(astronaut, model):
 
 
 def test_calibration_costs_under_a_millisecond_per_frame(astronaut):
+    """The whole mapping (calibrated expressions with the cross-talk solve, and the pose bias):
+    ~0.2 ms per frame measured; best of 3, as the CPU it takes (a loaded machine slows one run)."""
     calibration = load_calibration()
     driver = np.random.default_rng(1).uniform(0, 1, (600, NUM_EXPRESSIONS)).astype(np.float32)
     driving_expressions(astronaut, driver[:10], calibration=calibration)
-    start = time.perf_counter()
-    driving_expressions(astronaut, driver, calibration=calibration)
-    per_frame_ms = (time.perf_counter() - start) * 1000 / len(driver)
-    assert per_frame_ms < 1.0, per_frame_ms
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        expressions = driving_expressions(astronaut, driver, calibration=calibration)
+        expression_pose_bias(calibration, expressions, np.zeros(NUM_EXPRESSIONS))
+        runs.append((time.perf_counter() - start) * 1000 / len(driver))
+    assert min(runs) < 1.0, runs
 
 
 def test_motion_metrics_of_a_perfect_copy_and_a_frozen_avatar(shared_media):
