@@ -170,9 +170,11 @@ def test_stale_and_overlapping_frames_are_dropped(shipped_model, astronaut_avata
 
 
 def test_no_face_holds_and_bad_frames_are_refused(shipped_model, astronaut_avatar):
+    threads = torch.get_num_threads()
     with LiveSession(astronaut_avatar, model=shipped_model) as session:
         blank = session.process(np.full((240, 320, 3), 128, np.uint8), 0)
         assert not blank.has_face and blank.image.std() > 5  # the avatar at rest, not an empty frame
+        assert torch.get_num_threads() == threads  # the deform's one thread is given back
         for bad in (None, np.zeros((240, 320, 3), np.float32), np.zeros((4, 4, 3), np.uint8)):
             with pytest.raises(InvalidInputError, match="camera"):
                 session.process(bad, 10)
