@@ -92,21 +92,17 @@ def test_shipped_calibration_solves_its_own_predictions():
     assert error.mean() < 0.005 and error.max() < 0.06, (error.mean(), error.max())
 
 
-def test_pair_sweeps_replace_each_side_by_its_share_of_the_pair():
+def test_pair_sweeps_give_each_side_half_the_pairs_rotation():
     num, k = len(SCORE_NAMES), len(SWEEP_WEIGHTS)
-    scores = np.zeros((num, k, num))
+    scores = np.random.default_rng(0).uniform(0, 1, (num, k, num))
     rotations = np.zeros((num, k, 3))
-    pair_scores = np.zeros((len(SCORE_PAIRS), k, num))
     pair_rotations = np.zeros((len(SCORE_PAIRS), k, 3))
     p = [i for i, (left, _) in enumerate(SCORE_PAIRS) if SCORE_NAMES[left] == "mouthSmileLeft"][0]
     left, right = SCORE_PAIRS[p]
-    pair_scores[p, :, left] = pair_scores[p, :, right] = 0.8 * SWEEP_WEIGHTS  # both sides together
-    pair_scores[p, :, JAW] = 0.2 * SWEEP_WEIGHTS  # the smiles' effect on another score
-    pair_rotations[p, :, 0] = 2.0 * SWEEP_WEIGHTS
-    merged, turned = merge_pair_sweeps(scores, rotations, pair_scores, pair_rotations)
-    for side, other in ((left, right), (right, left)):
-        assert np.allclose(merged[side, :, side], 0.8 * SWEEP_WEIGHTS)
-        assert np.allclose(merged[side, :, other], 0.0)  # the other side's score is in its own
-        assert np.allclose(merged[side, :, JAW], 0.1 * SWEEP_WEIGHTS)  # half the pair's, per side
+    pair_rotations[p, :, 0] = 2.0 * SWEEP_WEIGHTS  # a smile pitches the head; one side alone barely
+    merged, turned = merge_pair_sweeps(scores, rotations, np.zeros((len(SCORE_PAIRS), k, num)), pair_rotations)
+    assert np.array_equal(merged, scores)
+    for side in (left, right):
         assert np.allclose(turned[side, :, 0], SWEEP_WEIGHTS)
+    assert np.abs(turned[JAW]).max() == 0
     assert "jawLeft" not in [SCORE_NAMES[a] for a, _ in SCORE_PAIRS]  # opposite directions are no pair

@@ -13,12 +13,14 @@ from torch import nn
 from flexavatar.camera import Camera, stack_cameras
 from flexavatar.head import ICTHead, UVAtlas
 from flexavatar.head.atlas import mirror_texels
+from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model.avatar import Avatar
 from flexavatar.model.config import FlexAvatarConfig
 from flexavatar.model.evidence import uv_evidence
 from flexavatar.model.field import (
     ATTRIBUTE_SLICES,
     NUM_ATTRIBUTES,
+    eyelid_texels,
     gaussians_from_attributes,
     surface_stretch,
     texel_spacing,
@@ -104,6 +106,10 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         self.register_buffer("template_spacing", texel_spacing(self.atlas, neutral), persistent=False)
         mirror = mirror_texels(self.atlas, self.atlas.surface_points(neutral)[0])
         self.register_buffer("mirror", mirror, persistent=False)
+        blinks = torch.zeros(2, NUM_EXPRESSIONS)
+        blinks[0, EXPRESSION_INDEX["eyeBlink_L"]] = blinks[1, EXPRESSION_INDEX["eyeBlink_R"]] = 1.0
+        blink_meshes = self.head.vertices(None, blinks)
+        self.register_buffer("eyelid", eyelid_texels(self.atlas, neutral, blink_meshes), persistent=False)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -290,7 +296,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
             cfg.scale_normal,
             cfg.offset_unit_m,
             cfg.init_opacity,
-            surface_stretch(self.atlas, vertices, neutral),
+            surface_stretch(self.atlas, vertices, neutral, self.eyelid),
         )
 
     def render(
