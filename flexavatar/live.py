@@ -208,8 +208,12 @@ class LiveSession:
             rotations = matrix_to_axis_angle(
                 np.stack([neutral_rotation, neutral_rotation @ axis_angle_to_matrix(relative)])
             )
+            # MediaPipe sees an avatar's head turns smaller than they are (the calibration's turn
+            # gain): the camera turns it further, as reenact does. Not the expression pose bias:
+            # live, it lowered the blink r and raised the APD of a held-out avatar (README, Motion)
             camera = driving_cameras(self.avatar, self.head_centre, rotations,
-                                     np.stack([neutral_translation, translation]), True, self.resolution)[1]  # fmt: skip
+                                     np.stack([neutral_translation, translation]), True, self.resolution,
+                                     calibration=self.calibration)[1]  # fmt: skip
             expression = driving_expressions(self.avatar, np.stack([neutral_expression, expression]), True,
                                              calibration=self.calibration)[1]  # fmt: skip
         code = torch.from_numpy(np.asarray(expression, np.float32))[None].to(self.model.device)

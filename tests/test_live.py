@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +21,15 @@ from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.live import TARGET_FPS, LiveSession
 from flexavatar.model.modules import Deformer
-from flexavatar.motion import driving_expressions
+from flexavatar.motion import driving_expressions, identity_calibration
+from flexavatar.rotations import rotation_angle_deg
+from flexavatar.tracking import detect_face
+from flexavatar.tracking.correspondence import load_correspondence
 from flexavatar.tracking.detect import blendshape_scores, close_task, create_landmarker, mp_image
+from flexavatar.tracking.pose import mediapipe_to_head_pose
 from flexavatar.video import iter_frames
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +145,29 @@ def test_live_stream_follows_the_driver(shipped_model, astronaut_avatar, driving
     # 2 shared cores: the speed target holds on a quiet machine (bench live measures it there).
     if os.getloadavg()[0] < 1.0:
         assert fps >= TARGET_FPS, f"{fps:.1f} frames/s on a quiet machine"
+
+
+def test_live_head_turn_retracks_at_the_drivers_size(shipped_model, astronaut_avatar):
+    """examples/driving.mp4 turns its head ~11° between frames 0 and 53. MediaPipe sees an avatar's
+    turns smaller than they are; with the calibration's turn gain the live avatar's turn re-tracks
+    closer to the driver's than without it (identity calibration: no gain). Measured: driver 9.9°,
+    error 0.95° calibrated, 1.85° plain."""
+    indices = (0, 53)
+    frames = [frame for index, frame in enumerate(iter_frames(EXAMPLES / "driving.mp4", max_frames=54)) if index in indices]
+
+    def turn(images) -> float:
+        poses = [mediapipe_to_head_pose(detect_face(im, with_mask=False).transform, load_correspondence())[0]
+                 for im in images]  # fmt: skip
+        return float(rotation_angle_deg(poses[0], poses[1]))
+
+    driver = turn(frames)
+    error = {}
+    for name, calibration in (("plain", identity_calibration()), ("calibrated", None)):
+        with LiveSession(astronaut_avatar, model=shipped_model, smoothing=0.0, calibration=calibration) as session:
+            # the clip's own timestamps: MediaPipe's VIDEO mode smooths landmarks over time
+            images = [session.process(frame, 1 + round(index * 1000 / 30)).image for index, frame in zip(indices, frames)]
+        error[name] = abs(turn(images) - driver)
+    assert driver > 8 and error["calibrated"] < error["plain"], (driver, error)
 
 
 def test_reset_neutral_returns_to_rest(shipped_model, astronaut_avatar, driving_frames):
