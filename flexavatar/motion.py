@@ -59,7 +59,16 @@ MAX_GAIN = 2.5
 #: eyeball show through and re-tracked as *less* closed than half-closed ones (blink r 0.69 ->
 #: 0.88 on single_face.mp4 x astronaut.png at 1.5). With stretch-aware scales 2.5 measured no
 #: better (blink r of 3 avatars x 2 clips: 4 up by 0.01-0.11, 3 down by 0.01-0.06), so 1.5 stays.
-SCORE_MAX_GAIN = {"eyeBlinkLeft": 1.5, "eyeBlinkRight": 1.5}
+#: ...and for mouthPucker: ICT's pucker barely registers on most avatars (a full one re-tracks as
+#: 0.01-0.14 on 4 of 9 avatars measured), while drivers' resting lips often read as pucker 0.3 that
+#: drops when they smile. At 2.5 the inverse stopped at weight ~0.75, the avatar's smile cross-talk
+#: (+0.04-0.08) outweighed its pucker and pucker r came out negative; at 8 (~1 / the median full
+#: response) a driver's change the size of the avatar's whole range reaches the full shape.
+#: With :data:`SCORE_DEADZONE`, eval --motion pucker r: single_face.mp4 x 0-f15 -0.67 -> 0.17,
+#: x astronaut -0.73 -> 0.07; held-out photos x 2 clips 0.39 -> 0.89, 0.10 -> 0.84, 0.84 -> 0.97,
+#: 0.78 -> 0.95; a synthetic driver (a held-out avatar resting puckered, then smiling) on 5 avatars:
+#: 0.44 -> 0.81, 0.35 -> 0.45, 0.94 -> 0.97, 0.76 -> 0.87 (one whose pucker never shows: -0.65).
+SCORE_MAX_GAIN = {"eyeBlinkLeft": 1.5, "eyeBlinkRight": 1.5, "mouthPucker": 8.0}
 #: The driver's neutral level of each score: this percentile over the clip, never above frame 0.
 #: A driver who starts puckered or frowning then relaxes moves *down* from frame 0; measured
 #: from frame 0 that motion is lost on a neutral avatar (weights cannot go below 0).
@@ -69,13 +78,18 @@ DRIVER_NEUTRAL_PERCENTILE = 5.0
 #: the blink score for seconds; amplified by the calibration that would half-close the avatar's eyes.
 BLINK_BASELINE_S = 1.0
 BLINK_SCORES = ("eyeBlinkLeft", "eyeBlinkRight")
-#: Blink changes below this (score units) are a squint, not a blink: dropped (and the rest
-#: rescaled so a full blink stays full). Matters where no local baseline exists (live: 2 frames).
-BLINK_DEADZONE = 0.1
+#: Changes of the driver's score (from its neutral level) below these are dropped (and the rest
+#: rescaled so a full change stays full). Blinks: below 0.1 it is a squint, not a blink (matters
+#: where no local baseline exists; live: 2 frames). mouthPucker: its steep inverse
+#: (:data:`SCORE_MAX_GAIN`) would otherwise turn the tracker's cross-talk (a smile or an opening
+#: jaw reads as pucker 0.02-0.04) into a visible pucker, which on some avatars hides their smile
+#: (tests/test_motion.py's scripted smile r 0.80 without it).
+SCORE_DEADZONE = {"eyeBlinkLeft": 0.1, "eyeBlinkRight": 0.1, "mouthPucker": 0.05}
 #: Fraction of the calibrated expression pose bias the cameras undo. The bias is a median over
-#: the calibration avatars and an avatar's own differs (a full smile re-tracks pitched by 1.3-4.0°
-#: on 9 avatars, 6 of them held out); undoing half of it measured better than all of it, on held-out avatars too (eval --motion,
-#: mean APD: public rows 1.26° -> 1.08°, held-out photos x clips 1.26° -> 0.96°; none 1.24°, 1.19°).
+#: the calibration avatars and an avatar's own differs (a full smile re-tracks pitched by
+#: 1.3-4.0° on 9 avatars, 6 of them held out); undoing half of it measured better than all of
+#: it, on held-out avatars too (eval --motion, mean APD: public rows 1.26° -> 1.08°, held-out
+#: photos x clips 1.26° -> 0.96°; undoing none: 1.24°, 1.19°).
 POSE_BIAS_SHRINK = 0.5
 #: Fixed-point iterations of :meth:`MotionCalibration.solve` (the cross-talk inversion).
 SOLVE_ITERATIONS = 8
@@ -286,7 +300,9 @@ def driving_expressions(
         local = minimum_filter1d(scores[:, blinks], window, axis=0, mode="nearest")
         neutral[:, blinks] = np.maximum(neutral[:, blinks], uniform_filter1d(local, window, axis=0, mode="nearest"))
         delta = scores - neutral
-        delta[:, blinks] = np.maximum(delta[:, blinks] - BLINK_DEADZONE, 0.0) / (1.0 - BLINK_DEADZONE)
+        dead = np.array([SCORE_DEADZONE.get(n, 0.0) for n in names])
+        delta = np.sign(delta) * np.maximum(np.abs(delta) - dead, 0.0) / (1.0 - dead)
+        delta[:, blinks] = np.maximum(delta[:, blinks], 0.0)  # a blink never opens the eyes wider
         # the change of weight, added per ICT shape: a still driver leaves the rest exactly
         # (also where the source's left and right of a paired shape differ)
         change = calibration.solve(rest[None] + delta) - source_weights[None]

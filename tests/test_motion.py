@@ -108,6 +108,20 @@ def test_scripted_jaw_blink_smile_are_reproduced(tmp_path, model, astronaut, sha
     assert o["jawOpen"].max() > 0.7 * d["jawOpen"].max()
 
 
+def test_resting_pucker_reaches_the_avatar_and_cross_talk_does_not():
+    """A driver whose resting lips read as pucker 0.3 (single_face.mp4) and drop to 0 when it smiles:
+    the neutral avatar's pucker is at full weight at rest (its pucker re-tracks weakly, and its smile's
+    own cross-talk must not outweigh it: eval --motion pucker r on single_face.mp4 x 0-f15 -0.67 with
+    the weight capped at ~0.75), and 0 while smiling; the tracker's cross-talk of a smile (pucker
+    0.03) is not turned into a pucker."""
+    driver = np.zeros((40, NUM_EXPRESSIONS), np.float32)
+    driver[:20, EXPRESSION_INDEX["mouthPucker"]] = 0.3
+    driver[20:, [EXPRESSION_INDEX["mouthSmile_L"], EXPRESSION_INDEX["mouthSmile_R"]]] = 0.8
+    driver[30:, EXPRESSION_INDEX["mouthPucker"]] = 0.03  # cross-talk of the smile
+    pucker = driving_expressions(None, driver, relative=True, neutralise=True)[:, EXPRESSION_INDEX["mouthPucker"]]
+    assert pucker[:20].min() > 0.95 and pucker[20:].max() == 0, pucker
+
+
 def test_excursions_are_found_and_real_turns_are_kept():
     rotations = np.zeros((90, 3))
     widths = np.full(90, 150.0)
