@@ -11,10 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from flexavatar.eval.wholehead import PUBLIC_PHOTOS, evaluate_photo, fit_photo, head_parts
 from flexavatar.head.atlas import REGION_INDEX, mirror_texels
+from flexavatar.model.field import ATTRIBUTE_SLICES
 from flexavatar.model.hair import CHIN, MAX_HEIGHT_M, MAX_INSET_M, STRAND_CONTRAST_RANGE, hair_contrast
+from flexavatar.model.network import FACING_GROW
 from flexavatar.video import iter_frames
 
 REFINE_SECONDS = 10.0  # the app's refinement budget
@@ -122,6 +125,27 @@ def test_back_of_head_carries_the_visible_hairs_texture(shipped_model, shared_me
         assert abs(contrasts[name] - measured) < 0.2 * measured  # the hair's strand contrast
     low, high = STRAND_CONTRAST_RANGE
     assert low < contrasts["0-f15-hao-ph.jpg"] < contrasts["single_face.jpg"] < high
+
+
+def test_texels_no_view_faces_take_the_evidence_colour(shipped_model, shared_media):
+    """The network's colour correction is kept where the photo faces the surface and dropped
+    where no view does (the back of the head): there the colour is the evidence's completion."""
+    model = shipped_model
+    fit = fit_photo(model, str(shared_media / "0-f15-hao-ph.jpg"))
+    args = (fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
+    with torch.no_grad():
+        evidence, facing = model.evidence(*args)
+        avatar = model.encode(*args)
+    atlas = model.atlas
+    colour = atlas.gather(avatar.static_maps[None])[0][:, ATTRIBUTE_SLICES["colour"]]
+    lifted = atlas.gather(evidence[None])[0][:, :3]
+    # texels whose whole FACING_GROW neighbourhood faces away from the photo
+    faced_nearby = F.max_pool2d(atlas.scatter((facing > 0).float()[None, :, None]), FACING_GROW, 1, FACING_GROW // 2)
+    unfaced = atlas.gather(faced_nearby)[0, :, 0] == 0
+    assert unfaced.float().mean() > 0.05  # the back of the head, from a frontal photo (12% of the atlas)
+    assert torch.allclose(colour[unfaced], lifted[unfaced], atol=1e-6)
+    faced = facing > 0.5
+    assert (colour[faced] - lifted[faced]).abs().mean() > 0.01  # the network still corrects what it sees
 
 
 # ------------------------------------------------------------------------------ must-show figures

@@ -206,7 +206,14 @@ def fuse_evidence(
     return atlas.scatter(torch.cat([colour, coverage[:, None]], 1)[None])[0]
 
 
-def uv_evidence(atlas, vertices, images, masks, viewmats, Ks, heights=None, mirror=None, back_rgb=None) -> torch.Tensor:
-    """Lift and fuse in one call: arguments as :func:`lift_views` and :func:`fuse_evidence`; returns [4,R,R]."""
+def uv_evidence(
+    atlas, vertices, images, masks, viewmats, Ks, heights=None, mirror=None, back_rgb=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lift and fuse in one call: arguments as :func:`lift_views` and :func:`fuse_evidence`.
+
+    Returns the evidence [4,R,R] and facing [N] in [0,1]: the cosine between each texel's normal
+    and the direction to the view that faces it most squarely (occluded or not; 0 where the
+    surface faces away from every view: what no input shows).
+    """
     colours, weights, seen = lift_views(atlas, vertices, images, masks, viewmats, Ks, heights)
-    return fuse_evidence(atlas, colours, weights, mirror, back_rgb, seen)
+    return fuse_evidence(atlas, colours, weights, mirror, back_rgb, seen), seen.amax(0)

@@ -104,7 +104,7 @@ def build_texture_bank(
             vertices = head.vertices(fit.identity[None].expand(len(crops), -1), fit.expressions)
             viewmats = torch.stack([c.viewmat for c in fit.cameras])
             Ks = torch.stack([c.K for c in fit.cameras])
-            evidence = uv_evidence(atlas, vertices, crops, masks, viewmats, Ks)
+            evidence, _ = uv_evidence(atlas, vertices, crops, masks, viewmats, Ks)
             neutral = head.vertices(fit.identity[None])
             parts = whole_head(
                 atlas, head.landmarks_multipie68, neutral, vertices, crops, masks, viewmats, Ks
