@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flexavatar.eval.wholehead import PUBLIC_PHOTOS, evaluate_photo, fit_photo, head_parts
+from flexavatar.eval.wholehead import PUBLIC_PHOTOS, evaluate_photo, fit_photo, head_parts, turntable_check
 from flexavatar.head.atlas import REGION_INDEX, mirror_texels
 from flexavatar.model.field import ATTRIBUTE_SLICES
-from flexavatar.model.hair import CHIN, MAX_HEIGHT_M, MAX_INSET_M, STRAND_CONTRAST_RANGE, hair_contrast
+from flexavatar.model.hair import (CHIN, MAX_HEIGHT_M, MAX_INSET_M, STRAND_ACROSS, STRAND_ALONG,
+                                   STRAND_CONTRAST_RANGE, hair_contrast)  # fmt: skip
 from flexavatar.model.network import FACING_GROW
 from flexavatar.video import iter_frames
 
@@ -148,13 +149,29 @@ def test_texels_no_view_faces_take_the_evidence_colour(shipped_model, shared_med
     assert (colour[faced] - lifted[faced]).abs().mean() > 0.01  # the network still corrects what it sees
 
 
+def test_lifted_hair_is_strand_shaped_and_runs_down_the_back(shipped_model, shared_media):
+    """Lifted hair Gaussians are long along the hair's flow and thin across it, and on the back
+    of the head the flow runs down."""
+    model = shipped_model
+    fit = fit_photo(model, str(shared_media / "0-f15-hao-ph.jpg"))
+    with torch.no_grad():
+        shape = model.whole_head(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
+        neutral = model.head.vertices(fit["identity"][None])
+        points, frames = model.atlas.surface_and_frames(neutral)
+        gaussians = {k: v[0] for k, v in model.deform(model.encode(fit["crops"], fit["masks"], fit["cameras"],
+                     fit["identity"], fit["expressions"]), fit["expressions"][:1]).items()}  # fmt: skip
+    flow = torch.cos(shape.flow)[:, None] * frames[0, :, :, 0] + torch.sin(shape.flow)[:, None] * frames[0, :, :, 1]
+    crown_y = points[0, :, 1].max()
+    back = (model.atlas.region == REGION_INDEX["back_head"]) & (points[0, :, 2] < -0.05) & (points[0, :, 1] < crown_y - 0.05)
+    assert back.sum() > 100
+    assert flow[back, 1].mean() < -0.8  # down
+    lifted = shape.heights > 0.02
+    scales = gaussians["scales"][lifted]
+    ratio = (scales[:, 0] / scales[:, 1]).median()
+    assert ratio > 0.8 * STRAND_ALONG / STRAND_ACROSS, ratio
+
+
 # ------------------------------------------------------------------------------ must-show figures
-ASTRONAUT_BACK = pytest.mark.xfail(
-    reason="known failure: MediaPipe finds a face in 1 of the 7 back-quarter frames of astronaut.png "
-    "(225 deg: the khaki, skin-toned hair shell; 2 of 7 with a flat back colour; the strand texture's "
-    "seeds 1-3 give 1-2 of 7)", strict=False)  # fmt: skip
-
-
 @pytest.mark.parametrize("seconds", [0.0, REFINE_SECONDS])
 @pytest.mark.parametrize("name", PUBLIC_PHOTOS)
 def test_public_photo_whole_head(photo_rows, name, seconds):
@@ -165,10 +182,25 @@ def test_public_photo_whole_head(photo_rows, name, seconds):
 
 
 @pytest.mark.parametrize("seconds", [0.0, REFINE_SECONDS])
-@pytest.mark.parametrize("name", [pytest.param(n, marks=ASTRONAUT_BACK) if n == "astronaut.png" else n
-                                  for n in PUBLIC_PHOTOS])  # fmt: skip
+@pytest.mark.parametrize("name", PUBLIC_PHOTOS)
 def test_public_photo_back_quarter_shows_no_face(photo_rows, name, seconds):
     assert photo_rows[name, seconds]["faces_back"] == 0.0
+
+
+@pytest.mark.parametrize("elevation", [0.0, 20.0])
+def test_back_quarter_shows_no_face_from_other_elevations(shipped_model, shared_media, elevation):
+    """The same check from a camera 10 degrees lower and higher than the app's: one 7-frame
+    back quarter is a small sample of MediaPipe's false positives on a head of hair (before
+    strand-shaped hair and the unfaced-colour gate: 7 of 105 back frames at 0/10/20 degrees over
+    the four public photos and an unseen face; now 0)."""
+    model = shipped_model
+    for name in PUBLIC_PHOTOS:
+        fit = fit_photo(model, str(shared_media / name))
+        with torch.no_grad():
+            avatar = model.encode(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
+        check = turntable_check(model, avatar, elevation_deg=elevation)
+        assert check["faces_back"] == 0.0, name
+        assert check["faces_front"] >= 0.9, name
 
 
 @pytest.mark.parametrize("name", PUBLIC_PHOTOS)
@@ -195,5 +227,5 @@ def test_refinement_never_makes_held_out_frames_worse(shipped_model, shared_medi
     assert np.isfinite(refined["iou"]) and refined["iou"] >= plain["iou"] - 0.01
 
 
-#: Source-view silhouette IoU every public photo reaches (the issue's bar; measured 0.936-0.965).
+#: Source-view silhouette IoU every public photo reaches (the issue's bar; measured 0.935-0.964).
 SOURCE_IOU = 0.93

@@ -34,6 +34,7 @@ PUBLIC_PHOTOS = ("astronaut.png", "single_face.jpg", "0-f1-su-ph.jpg", "0-f15-ha
 TURNTABLE_FRAMES = 24
 TURNTABLE_RESOLUTION = 256
 QUARTER_DEG = 45.0
+TURNTABLE_ELEVATION_DEG = 10.0  # the app's turntable elevation
 
 
 def head_parts(model, crops, masks, cameras, identity, expressions) -> PersonParts:
@@ -80,13 +81,14 @@ def _azimuth_distance(azimuth: np.ndarray, centre: float) -> np.ndarray:
     return np.abs((azimuth - centre + 180.0) % 360.0 - 180.0)
 
 
-def turntable_check(model, avatar, frames: int = TURNTABLE_FRAMES, resolution: int = TURNTABLE_RESOLUTION) -> dict:
+def turntable_check(model, avatar, frames: int = TURNTABLE_FRAMES, resolution: int = TURNTABLE_RESOLUTION,
+                    elevation_deg: float = TURNTABLE_ELEVATION_DEG) -> dict:  # fmt: skip
     """Face found in the front / back quarter of a turntable, and back/front chroma TV.
 
     Returns {"faces_front", "faces_back"} (fractions of those quarters' frames), "tv_front",
     "tv_back", "tv_ratio" and "frames" (uint8 [F,S,S,3], for contact sheets).
     """
-    cameras = turntable_cameras(model, frames, 10.0, resolution)
+    cameras = turntable_cameras(model, frames, elevation_deg, resolution)
     with torch.no_grad():
         gaussians = {k: v[0] for k, v in model.deform(avatar, avatar.source_expression[None]).items()}
         viewmats, Ks = (t.to(model.device) for t in stack_cameras(cameras))
