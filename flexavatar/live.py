@@ -31,11 +31,23 @@ from flexavatar.options import WHITE
 from flexavatar.pipeline import _background, _to_uint8, load_model
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, relative_rotvecs
 from flexavatar.tracking.correspondence import load_correspondence
-from flexavatar.tracking.detect import blendshape_scores, close_task, create_landmarker, mp_image
+from flexavatar.tracking.detect import (
+    blendshape_scores,
+    close_task,
+    create_landmarker,
+    landmarks_to_pixels,
+    mp_image,
+)
 from flexavatar.tracking.filters import OneEuroFilter, min_cutoff_for
 from flexavatar.tracking.fit import torch_threads
 from flexavatar.tracking.pose import mediapipe_to_head_pose
-from flexavatar.tracking.video_track import EXPRESSION_BETA, POSE_BETA, ROTATION_UNIT_RAD, TRANSLATION_UNIT_M
+from flexavatar.tracking.video_track import (
+    EXPRESSION_BETA,
+    POSE_BETA,
+    ROTATION_UNIT_RAD,
+    TRANSLATION_UNIT_M,
+    lip_gaps,
+)
 
 #: Frame rate the causal filter assumes (webcams stream at 15-30 frames/s; the Space asks for ~20).
 NOMINAL_RATE_HZ = 20.0
@@ -113,8 +125,9 @@ class LiveSession:
         self.filter = None if min_cutoff is None else OneEuroFilter(rate_hz, min_cutoff_hz=min_cutoff, beta=beta)
         self.landmarker = create_landmarker(video=True, num_faces=1)
         self.lock = threading.Lock()
-        self.neutral: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # rotation [3,3], t [3], expr [57]
-        self.current: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # smoothed rotvec, t, expr
+        # rotation [3,3], t [3], expr [57], lip gap; and the smoothed rotvec, t, expr, raw lip gap
+        self.neutral: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
+        self.current: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
         self.last_timestamp_ms = -1
         self.started = time.monotonic()
         self.frames_done = 0
@@ -182,10 +195,11 @@ class LiveSession:
         if not result.face_landmarks:
             return False
         expression = mediapipe_to_ict(blendshape_scores(result.face_blendshapes[0])).astype(np.float64)
+        gap = float(lip_gaps(landmarks_to_pixels(result.face_landmarks[0], frame.shape[1], frame.shape[0])))
         transform = np.asarray(result.facial_transformation_matrixes[0], np.float64).reshape(1, 4, 4)
         rotation, translation = mediapipe_to_head_pose(transform, self.correspondence)
         if self.neutral is None:
-            self.neutral = (rotation[0], translation[0], expression)
+            self.neutral = (rotation[0], translation[0], expression, gap)
         relative = relative_rotvecs(rotation, self.neutral[0])[0]  # small for a steady head: no wrap
         channels = np.concatenate([expression, relative / ROTATION_UNIT_RAD, translation[0] / TRANSLATION_UNIT_M])
         smoothed = self.filter(channels) if self.filter is not None else channels
@@ -193,6 +207,7 @@ class LiveSession:
             smoothed[NUM_EXPRESSIONS : NUM_EXPRESSIONS + 3] * ROTATION_UNIT_RAD,
             smoothed[NUM_EXPRESSIONS + 3 :] * TRANSLATION_UNIT_M,
             np.clip(smoothed[:NUM_EXPRESSIONS], 0.0, 1.0),
+            gap,
         )
         return True
 
@@ -203,8 +218,8 @@ class LiveSession:
                                      self.resolution)[0]  # fmt: skip
             expression = self.avatar.source_expression.cpu().numpy()
         else:
-            neutral_rotation, neutral_translation, neutral_expression = self.neutral
-            relative, translation, expression = self.current
+            neutral_rotation, neutral_translation, neutral_expression, neutral_gap = self.neutral
+            relative, translation, expression, gap = self.current
             rotations = matrix_to_axis_angle(
                 np.stack([neutral_rotation, neutral_rotation @ axis_angle_to_matrix(relative)])
             )
@@ -215,7 +230,7 @@ class LiveSession:
                                      np.stack([neutral_translation, translation]), True, self.resolution,
                                      calibration=self.calibration)[1]  # fmt: skip
             expression = driving_expressions(self.avatar, np.stack([neutral_expression, expression]), True,
-                                             calibration=self.calibration)[1]  # fmt: skip
+                                             calibration=self.calibration, lip_gaps=np.array([neutral_gap, gap]))[1]  # fmt: skip
         code = torch.from_numpy(np.asarray(expression, np.float32))[None].to(self.model.device)
         with torch.inference_mode():
             # One frame's deform is small ops (a 32² UNet, ~10k Gaussians): a second OpenMP thread

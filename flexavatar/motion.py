@@ -38,7 +38,12 @@ from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
 from flexavatar.assets import SHIPPED_WEIGHTS
 from flexavatar.camera import Camera
-from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS, mediapipe_to_ict_matrix
+from flexavatar.head.blendshapes import (
+    EXPRESSION_INDEX,
+    MEDIAPIPE_BLENDSHAPE_NAMES,
+    NUM_EXPRESSIONS,
+    mediapipe_to_ict_matrix,
+)
 from flexavatar.model import Avatar
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
@@ -94,7 +99,13 @@ POSE_BIAS_SHRINK = 0.5
 #: Fixed-point iterations of :meth:`MotionCalibration.solve` (the cross-talk inversion).
 SOLVE_ITERATIONS = 8
 
+#: The driver's lips count as closed below this inner-lip gap (fraction of the face height) and
+#: open above LIP_OPEN_GAP (examples/driving.mp4: shut lips 0.004-0.01, speech 0.02-0.05).
+LIP_CLOSED_GAP = 0.01
+LIP_OPEN_GAP = 0.02
+
 _MP_TO_ICT = mediapipe_to_ict_matrix()  # [52,57] 0/1
+_JAW_OPEN, _MOUTH_CLOSE = EXPRESSION_INDEX["jawOpen"], EXPRESSION_INDEX["mouthClose"]
 
 
 @dataclass
@@ -275,6 +286,7 @@ def driving_expressions(
     neutralise: bool = False,
     calibration: MotionCalibration | None = None,
     fps: float = 30.0,
+    lip_gaps: np.ndarray | None = None,
 ) -> np.ndarray:
     """[T,57] float32 ICT expressions for the avatar from the driver's tracked expressions.
 
@@ -284,8 +296,29 @@ def driving_expressions(
     who starts frowning and relaxes is followed); False: the driver's scores. neutralise: the rest
     is neutral instead of the source photo's expression. calibration: default the shipped one
     (:func:`load_calibration`); :func:`identity_calibration` gives the uncalibrated mapping.
-    fps: the driver's frame rate (the blink baseline window is in seconds).
+    fps: the driver's frame rate (the blink baseline window is in seconds). lip_gaps: [T] the
+    driver's inner-lip gap (:func:`flexavatar.tracking.video_track.lip_gaps`): where its lips are
+    closed, so are the avatar's (:func:`seal_lips`).
     """
+    expressions = _calibrated_expressions(avatar, driver, relative, neutralise, calibration, fps)
+    return expressions if lip_gaps is None else seal_lips(expressions, lip_gaps)
+
+
+def seal_lips(expressions: np.ndarray, lip_gaps: np.ndarray) -> np.ndarray:
+    """[T,57] ICT expressions, [T] the driver's lip gaps -> [T,57] with ICT mouthClose raised to
+    the jaw's weight where the driver's lips are closed (fading out between
+    :data:`LIP_CLOSED_GAP` and :data:`LIP_OPEN_GAP`): ICT's jawOpen parts the lips at once (jaw
+    0.05 re-tracks with a gap of 0.011-0.026), a driver's jaw score moves 0-0.06 with its lips
+    shut, and jawOpen + an equal mouthClose keeps them shut (gap 0.002-0.005)."""
+    closed = np.clip((LIP_OPEN_GAP - np.asarray(lip_gaps, np.float64)) / (LIP_OPEN_GAP - LIP_CLOSED_GAP), 0.0, 1.0)
+    out = np.array(expressions, np.float32, copy=True)
+    seal = (closed * out[:, _JAW_OPEN]).astype(np.float32)
+    out[:, _MOUTH_CLOSE] = np.maximum(out[:, _MOUTH_CLOSE], seal)
+    return out
+
+
+def _calibrated_expressions(avatar, driver, relative, neutralise, calibration, fps) -> np.ndarray:
+    """:func:`driving_expressions` before :func:`seal_lips` (same arguments)."""
     calibration = calibration if calibration is not None else load_calibration()
     names = calibration.names
     source = rest_expression(avatar, neutralise)

@@ -359,7 +359,8 @@ def reenact(
     head_centre = model.head.head_centre().double().cpu().numpy()
     if not isinstance(calibration, MotionCalibration):
         calibration = load_calibration(calibration)
-    expressions = driving_expressions(avatar, track.expressions, relative, neutralise, calibration, track.fps)
+    expressions = driving_expressions(avatar, track.expressions, relative, neutralise, calibration, track.fps,
+                                      lip_gaps=track.lip_gaps)  # fmt: skip
     bias = expression_pose_bias(calibration, expressions, rest_expression(avatar, neutralise))
     cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution,
                               follow_translation=follow_translation, rotation_bias=bias,

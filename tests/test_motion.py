@@ -15,6 +15,8 @@ from flexavatar.__main__ import main
 from flexavatar.eval.motion import key_scores, motion_metrics
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.motion import (
+    LIP_CLOSED_GAP,
+    LIP_OPEN_GAP,
     MAX_SHIFT_FRACTION,
     driving_cameras,
     driving_expressions,
@@ -22,12 +24,13 @@ from flexavatar.motion import (
     identity_calibration,
     load_calibration,
     scores_to_ict,
+    seal_lips,
 )
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_angle_deg
 from flexavatar.tracking import detect_face, track_video
 from flexavatar.tracking.correspondence import load_correspondence
 from flexavatar.tracking.pose import mediapipe_to_head_pose
-from flexavatar.tracking.video_track import excursion_frames
+from flexavatar.tracking.video_track import excursion_frames, lip_gaps
 from flexavatar.video import iter_frames, probe_video, write_mp4
 
 FPS = 24.0
@@ -122,6 +125,20 @@ def test_resting_pucker_reaches_the_avatar_and_cross_talk_does_not():
     assert pucker[:20].min() > 0.95 and pucker[20:].max() == 0, pucker
 
 
+def test_lips_close_when_the_drivers_do(model, astronaut):
+    """ICT's jawOpen parts the lips at once, while a driver's jaw score moves a little with its lips
+    shut: where the driver's lips are closed, mouthClose follows the jaw and the re-tracked lips
+    close (astronaut, jaw 0.08: measured gap 0.029 plain, 0.007 sealed); where they are open,
+    nothing changes."""
+    codes = np.zeros((2, NUM_EXPRESSIONS), np.float32)
+    codes[:, EXPRESSION_INDEX["jawOpen"]] = 0.08
+    sealed = seal_lips(codes, np.array([0.005, 0.05]))  # the driver's lips: shut, open
+    assert sealed[0, EXPRESSION_INDEX["mouthClose"]] == pytest.approx(0.08) and (sealed[1] == codes[1]).all()
+    frames = _render(model, astronaut, np.stack([codes[0], sealed[0]]))
+    gaps = lip_gaps(np.stack([detect_face(f, with_mask=False).landmarks for f in frames]))
+    assert gaps[0] > LIP_OPEN_GAP and gaps[1] < LIP_CLOSED_GAP, gaps
+
+
 def test_excursions_are_found_and_real_turns_are_kept():
     rotations = np.zeros((90, 3))
     widths = np.full(90, 150.0)
@@ -202,6 +219,9 @@ def test_motion_metrics_of_a_perfect_copy_and_a_frozen_avatar(shared_media):
     driver = track_video(shared_media / "single_face.mp4", smoothing=0.0, max_frames=40)
     perfect = motion_metrics(driver, driver)
     assert perfect["aed_rel"] == 0 and perfect["apd_deg"] < 0.01 and perfect["out_of_frame"] == 0
+    # the clip rests with its lips shut, then smiles with its teeth showing
+    assert driver.lip_gaps.min() < LIP_CLOSED_GAP < LIP_OPEN_GAP < driver.lip_gaps.max()
+    assert perfect["lips_open"] == 0
     assert all(perfect[k] > 0.999 for k in perfect if k.startswith("r_") and not np.isnan(perfect[k]))
     frozen = dataclasses.replace(driver, blendshapes=np.repeat(driver.blendshapes[:1], 40, 0),
                                  rotations=np.repeat(driver.rotations[:1], 40, 0))  # fmt: skip

@@ -13,6 +13,9 @@ its driver, frame by frame:
   since frame 0 (each in its own camera).
 * **out**: fraction of frames where the output's face is not found or its landmark box leaves
   the frame; **size**: std / median of the output face-box width (apparent size steadiness).
+* **lips**: of the frames where the driver's lips are closed (inner-lip gap below
+  :data:`~flexavatar.motion.LIP_CLOSED_GAP` of the face height), the fraction where the output's
+  are open (above :data:`~flexavatar.motion.LIP_OPEN_GAP`); NaN when the driver never closes them.
 
 Rows: self-reenactment (the avatar made from the clip's own first frame) and
 cross-reenactment (every public photo driven by every public clip), in one table.
@@ -32,6 +35,7 @@ import numpy as np
 
 from flexavatar import pipeline
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
+from flexavatar.motion import LIP_CLOSED_GAP, LIP_OPEN_GAP
 from flexavatar.rotations import rotation_angle_deg
 from flexavatar.tracking import track_video
 from flexavatar.train import media_dir
@@ -75,7 +79,8 @@ def motion_metrics(driver, output) -> dict:
     driver, output: :class:`~flexavatar.tracking.VideoTrack` of the driving video and of the
     rendered reenactment (same frame count; the shorter one bounds the comparison).
     Returns plain floats: aed_rel, r_key (NaN when no key blendshape moves), r_<name> (NaN where
-    the driver does not move it), apd_deg, out_of_frame (fraction), size_std (fraction), frames.
+    the driver does not move it), apd_deg, out_of_frame (fraction), size_std (fraction),
+    lips_open (fraction, NaN where the driver's lips never close), frames.
     """
     frames = min(driver.frame_count, output.frame_count)
     both = driver.has_face[:frames] & output.has_face[:frames]
@@ -104,6 +109,8 @@ def motion_metrics(driver, output) -> dict:
     result["out_of_frame"] = float(1.0 - (inside & output.has_face[:frames]).mean())
     widths = (boxes[:, 2] - boxes[:, 0])[output.has_face[:frames]]
     result["size_std"] = float(widths.std() / max(np.median(widths), 1e-6)) if len(widths) else float("nan")
+    closed = both & (driver.lip_gaps[:frames] < LIP_CLOSED_GAP)
+    result["lips_open"] = float((output.lip_gaps[:frames][closed] > LIP_OPEN_GAP).mean()) if closed.any() else float("nan")
     return result
 
 
@@ -150,11 +157,12 @@ def _fmt(value: float, digits: int = 2) -> str:
 def format_table(rows: list[dict]) -> str:
     """Markdown table of :func:`motion_table` rows."""
     keys = [f"r_{k}" for k in KEY_BLENDSHAPES]
-    head = ["clip", "photo", "AED_rel", "r_key", *(k[2:] for k in keys), "APD°", "out", "size"]
+    head = ["clip", "photo", "AED_rel", "r_key", *(k[2:] for k in keys), "APD°", "out", "size", "lips"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["clip"], row["photo"], _fmt(row["aed_rel"], 3), _fmt(row["r_key"]), *(_fmt(row[k]) for k in keys),
-                 _fmt(row["apd_deg"]), _fmt(row["out_of_frame"]), _fmt(row["size_std"], 3)]  # fmt: skip
+                 _fmt(row["apd_deg"]), _fmt(row["out_of_frame"]), _fmt(row["size_std"], 3),
+                 _fmt(row.get("lips_open", float("nan")))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -92,7 +92,8 @@ class VideoTrack:
     fps, frame_count (= T), num_source_frames (before max_frames), truncated (T < source),
     width, height (frame size), focal_px (the camera the pose refers to; principal point at
     the frame centre), warnings, name. face_boxes: [T,4] float32 (x0, y0, x1, y1) source px,
-    the box of the 478 landmarks (unsmoothed; interpolated where no face).
+    the box of the 478 landmarks (unsmoothed; interpolated where no face). lip_gaps: [T] float32
+    :func:`lip_gaps` of each frame (unsmoothed; interpolated where no face).
     """
 
     expressions: np.ndarray
@@ -112,10 +113,24 @@ class VideoTrack:
     warnings: list[str] = field(default_factory=list)
     name: str = "video"
     face_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    lip_gaps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def rotation_matrices(self) -> np.ndarray:
         """[T,3,3] float64 rotations of :attr:`rotations`."""
         return axis_angle_to_matrix(self.rotations)
+
+
+#: MediaPipe landmarks: inner lips (upper, lower) at the middle, forehead top and chin.
+INNER_LIP_LANDMARKS = (13, 14)
+FACE_HEIGHT_LANDMARKS = (10, 152)
+
+
+def lip_gaps(landmarks: np.ndarray) -> np.ndarray:
+    """[...,478,2+] landmarks (pixels) -> [...] the gap between the inner lips at the middle, as a
+    fraction of the face height (closed lips ~0.005, speech 0.02-0.05, a wide-open mouth > 0.1)."""
+    gap = np.linalg.norm(landmarks[..., INNER_LIP_LANDMARKS[0], :2] - landmarks[..., INNER_LIP_LANDMARKS[1], :2], axis=-1)
+    height = np.linalg.norm(landmarks[..., FACE_HEIGHT_LANDMARKS[0], :2] - landmarks[..., FACE_HEIGHT_LANDMARKS[1], :2], axis=-1)
+    return gap / np.maximum(height, 1e-6)
 
 
 def fill_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -288,6 +303,7 @@ def track_video(
     crop_full = scatter(crop_tracked)
     landmarks_tracked = np.stack(landmark_sets)[..., :2]
     face_boxes = scatter(np.concatenate([landmarks_tracked.min(1), landmarks_tracked.max(1)], axis=1))
+    gaps = scatter(lip_gaps(landmarks_tracked)[:, None])[:, 0]
 
     # One filter over all channels, each scaled to comparable units.
     crop_unit = CROP_UNIT_FRACTION * max(float(np.median(crop_tracked[:, 2])), 1.0)
@@ -346,4 +362,5 @@ def track_video(
         warnings=warnings,
         name=name,
         face_boxes=face_boxes.astype(np.float32),
+        lip_gaps=gaps.astype(np.float32),
     )
