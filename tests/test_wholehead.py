@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from flexavatar.eval.wholehead import PUBLIC_PHOTOS, evaluate_photo, fit_photo, head_parts, turntable_check
 from flexavatar.head.atlas import REGION_INDEX, mirror_texels
 from flexavatar.model.field import ATTRIBUTE_SLICES
-from flexavatar.model.hair import (CHIN, MAX_HEIGHT_M, MAX_INSET_M, STRAND_ACROSS, STRAND_ALONG,
-                                   STRAND_CONTRAST_RANGE, hair_contrast)  # fmt: skip
+from flexavatar.model.hair import (CHIN, MAX_HEIGHT_M, MAX_INSET_M, NAPE_BLEND_M, STRAND_ACROSS, STRAND_ALONG,
+                                   STRAND_CONTRAST_RANGE, UPPER_LIP, hair_contrast)  # fmt: skip
 from flexavatar.model.network import FACING_GROW
 from flexavatar.video import iter_frames
 
@@ -107,6 +107,39 @@ def test_a_narrow_skull_moves_inward_instead_of_leaving_a_hole(shipped_model, sh
     assert shape.heights.min() >= -MAX_INSET_M - 1e-6
 
 
+def _canonical(model, fit) -> torch.Tensor:
+    return model.atlas.surface_points(model.head.vertices(fit["identity"][None]))[0]
+
+
+def _nape_y(model, fit) -> float:
+    return float(model.head.vertices(fit["identity"][None])[0, model.head.landmarks_multipie68[UPPER_LIP], 1])
+
+
+@pytest.mark.parametrize(("name", "long_hair"), [("single_face.jpg", False), ("0-f15-hao-ph.jpg", True)])
+def test_a_short_cut_leaves_the_nape_bare(shipped_model, shared_media, name, long_hair):
+    """single_face.jpg: short hair over a dark collar (whose shadowed edge beside the neck is not
+    hanging hair): below the nape no hair volume and skin colour, not a mullet to the shoulders.
+    0-f15-hao-ph.jpg: hair hangs to the shoulders, so the back of the neck stays hair."""
+    model = shipped_model
+    fit = fit_photo(model, str(shared_media / name))
+    with torch.no_grad():
+        shape = model.whole_head(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
+    canonical = _canonical(model, fit)
+    nape = ((model.atlas.region == REGION_INDEX["back_head"]) & (canonical[:, 2] < -0.03)
+            & (canonical[:, 1] < _nape_y(model, fit) - NAPE_BLEND_M))  # fmt: skip
+    assert nape.sum() > 100
+    crops = fit["crops"].permute(0, 2, 3, 1)
+    skin = crops[shape.parts.skin[:, 0] > 0.9].median(0).values
+    hair = crops[shape.parts.hair[:, 0] > 0.9].median(0).values
+    to_skin = (shape.back_rgb[nape] - skin).norm(dim=-1).median()
+    to_hair = (shape.back_rgb[nape] - hair).norm(dim=-1).median()
+    if long_hair:
+        assert to_hair < to_skin
+    else:
+        assert to_skin < 0.02 and to_skin < to_hair
+        assert (shape.heights[nape] > 0).sum() == 0
+
+
 def test_back_of_head_carries_the_visible_hairs_texture(shipped_model, shared_media):
     """The unseen back takes the visible hair's median colour and its strand contrast (not a flat
     colour): 0-f15-hao-ph.jpg's straight dark hair is smoother than single_face.jpg's short hair."""
@@ -118,9 +151,10 @@ def test_back_of_head_carries_the_visible_hairs_texture(shipped_model, shared_me
             shape = model.whole_head(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
         hair = fit["crops"].permute(0, 2, 3, 1)[shape.parts.hair[:, 0] > 0.9]  # [P,3] solid hair pixels
         assert shape.back_rgb.shape == (model.atlas.num_texels, 3)
-        median = shape.back_rgb.median(0).values
+        scalp = _canonical(model, fit)[:, 1] > _nape_y(model, fit) + NAPE_BLEND_M  # above a short cut's nape
+        median = shape.back_rgb[scalp].median(0).values
         assert (median - hair.median(0).values).abs().max() < 0.05  # the hair's colour
-        luminance = shape.back_rgb.mean(-1)
+        luminance = shape.back_rgb[scalp].mean(-1)
         contrasts[name] = float(luminance.std() / luminance.mean())
         measured = float(hair_contrast(fit["crops"], shape.parts))
         assert abs(contrasts[name] - measured) < 0.2 * measured  # the hair's strand contrast

@@ -84,6 +84,10 @@ STRAND_SEED = 13
 STRAND_ALONG = 1.3
 STRAND_ACROSS = 0.8
 CROWN_BACK_M = 0.03
+#: Without hair hanging below the lips beside the face, the back of the neck carries no hair from
+#: the upper lip's height down and its unseen colour is skin (a short cut's nape), blended over
+#: this far (metres): not a mullet of hair colour to the collar.
+NAPE_BLEND_M = 0.015
 #: MultiPIE-68 landmarks (of the fitted mesh) that place the seeds of the mask split.
 CHIN, BROWS, UPPER_LIP, LOWER_EYELIDS = 8, (19, 24), 51, (40, 47)
 #: The skin seed spans the nose and inner cheeks only (hair may fall over the outer cheeks).
@@ -281,10 +285,14 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     front = (canonical[:, 2] > HAIR_FRONT_Z_M) & (canonical[:, 1] < brow_y)
     chart = (atlas.region == REGION_INDEX["back_head"]) & ~front
     heights = fill_heights(atlas, hull, rim, chart)
-    # below the chin hair is only where a silhouette shows it, never interpolated into a collar
+    # below the chin hair is only where a silhouette shows it, never interpolated into a collar;
+    # without long hair (none hangs beside the face), not below the nape either (a short cut)
     chin_y = neutral[0, landmark_ids[CHIN], 1]
     neck = canonical[:, 1] < chin_y
-    heights = torch.where(neck & (rim < RIM_SIN2), torch.zeros_like(heights), heights)
+    nape_y = neutral[0, landmark_ids[UPPER_LIP], 1]
+    long_hair = hangs_below_lips(parts, seeds[2], seeds[3])
+    unhaired = neck & (rim < RIM_SIN2) if long_hair else canonical[:, 1] < nape_y
+    heights = torch.where(unhaired, torch.zeros_like(heights), heights)
     # a surface point off the head moves inward onto it (a narrower skull than the template's:
     # no hole beside the ear); below the chin (a neck, a collar) and where it stays off, it is cut
     carved = (atlas.region == REGION_INDEX["back_head"]) | (atlas.region == REGION_INDEX["face"])
@@ -300,7 +308,7 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     # every surface texel is cut where a view shows it off the head (the front of the neck over a
     # shirt too, which carries no hair and so is not on the hair chart)
     return WholeHead(heights=heights, rim=rim * chart, outside_hull=outside & carved, parts=parts,
-                     back_rgb=back_colour(images, parts)[None] * strand_texture(canonical, hair_contrast(images, parts))[:, None],
+                     back_rgb=back_of_head_rgb(images, parts, canonical, None if long_hair else nape_y),
                      flow=hair_flow(atlas, neutral))  # fmt: skip
 
 
@@ -315,6 +323,29 @@ def hair_flow(atlas, neutral: torch.Tensor) -> torch.Tensor:
     crown = top - top.new_tensor([top[0], 0.0, CROWN_BACK_M])
     away = points - crown
     return torch.atan2((away * frames[..., 1]).sum(-1), (away * frames[..., 0]).sum(-1))
+
+
+def hangs_below_lips(parts: PersonParts, lip_rows: torch.Tensor, face: torch.Tensor) -> bool:
+    """Whether hair hangs below the upper lip's rows [V] beside the face (outside ``face``
+    [V,1,S,S], the fitted face's silhouette: a beard or a dark collar under the chin is not long
+    hair) in the views: MIN_HAIR_PIXELS of it or more."""
+    size = parts.hair.shape[-1]
+    rows = torch.arange(size, device=parts.hair.device, dtype=parts.hair.dtype)[None, None, :, None]
+    hanging = (parts.hair > 0.5) & (rows > lip_rows.to(rows.dtype)[:, None, None, None]) & (face < 0.5)
+    return int(hanging.sum()) >= MIN_HAIR_PIXELS
+
+
+def back_of_head_rgb(images, parts: PersonParts, canonical, nape_y=None) -> torch.Tensor:
+    """[N,3] colour of the unseen back of the head: the visible hair's (:func:`back_colour`)
+    with its strand texture; below ``nape_y`` (metres, canonical y [N]; None: nowhere: long
+    hair covers the nape) the neck's skin colour, blended over NAPE_BLEND_M."""
+    hair = back_colour(images, parts)[None] * strand_texture(canonical, hair_contrast(images, parts))[:, None]
+    skin = parts.skin.reshape(-1) > 0.9
+    if nape_y is None or int(skin.sum()) < MIN_HAIR_PIXELS:
+        return hair
+    skin_rgb = images.permute(0, 2, 3, 1).reshape(-1, 3)[skin].median(0).values
+    nape = ((nape_y - canonical[:, 1]) / NAPE_BLEND_M).clamp(0, 1)[:, None]  # 0 above, 1 a blend below
+    return hair * (1 - nape) + skin_rgb[None] * nape
 
 
 def back_colour(images: torch.Tensor, parts: PersonParts) -> torch.Tensor:

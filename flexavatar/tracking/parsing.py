@@ -8,8 +8,9 @@ No hair model is available offline, so the split is derived from what we do know
   the hair model than to the skin model;
 * **geometry**: everything in the mask above the upper lip is head (hair or skin); below it,
   a pixel is head only if it is skin on the fitted face and neck, or hair that hangs down
-  without a break from the upper lip's row (long hair falls vertically; a dark shirt under
-  short dark hair starts below a gap of background). The rest is clothes and shoulders.
+  without a break from the upper lip's row, at least 1.5 cm wide (long hair falls vertically;
+  a dark shirt under short dark hair starts below a gap of background, and a shadowed jaw and
+  neck edge over a dark collar is a narrow strip). The rest is clothes and shoulders.
 
 The seeds (where the cheeks, the brows, the lips and the neck are in each crop) come from the
 fitted ICT mesh: see :func:`flexavatar.model.hair.parsing_seeds`.
@@ -28,6 +29,11 @@ COVARIANCE_FLOOR = 0.003
 MIN_SEED_PIXELS = 24
 #: Above the brows, a pixel this close (Mahalanobis) to the skin model is scalp skin, else hair.
 SCALP_SKIN_DISTANCE = 2.0
+#: Hair that hangs below the upper lip is at least this wide (fraction of the crop side: 1.5 cm
+#: of the crop's 34 cm, :data:`~flexavatar.tracking.crop.CROP_SIDE_CM`). A narrower run is the
+#: shadowed edge of a jaw and neck continuing into a dark collar: read as hair, it gave a short-
+#: haired man (single_face.jpg) a mullet down to his shoulders.
+HANG_MIN_WIDTH = 0.044
 
 
 @dataclass
@@ -120,12 +126,21 @@ def split_person_mask(
     # below the upper lip, hair only where it hangs without a break from that row down (a shirt
     # rising to the shoulders beside the chin starts after a gap of background)
     hanging = torch.cumprod(torch.where(lower > 0, hair_like, torch.ones_like(hair_like)), dim=2) * lower
+    hanging = _open_rows(hanging, max(1, round(HANG_MIN_WIDTH * size / 2)))
     neck_skin = neck * (1 - hair_like) * lower
     head = torch.where(lower > 0, (hanging + neck_skin + face).clamp(max=1), torch.ones_like(lower))
     head = _open_close(head) * masks
     hair = head * hair_like
     skin = head - hair
     return PersonParts(skin=skin, hair=hair, clothes=masks - head)
+
+
+def _open_rows(binary: torch.Tensor, radius: int) -> torch.Tensor:
+    """Morphological opening of [V,1,S,S] 0/1 maps along each row: drops runs narrower than
+    2 * radius + 1 pixels and keeps wider ones as they are."""
+    k = (1, 2 * radius + 1)
+    eroded = -F.max_pool2d(-binary, k, 1, (0, radius))
+    return F.max_pool2d(eroded, k, 1, (0, radius))
 
 
 def _open_close(binary: torch.Tensor, radius: int = 2) -> torch.Tensor:
