@@ -266,6 +266,7 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     landmarks = _project(vertices[:, landmark_ids], viewmats, Ks)
     canonical = atlas.surface_points(neutral)[0]
     seeds = parsing_seeds(atlas, canonical, landmarks, neutral[0, landmark_ids], pix, visible, cosine, masks)
+    lip_rows, face_cover = seeds[2], seeds[3]
     parts = split_person_mask(images, masks, *seeds)
     # a view without a usable head silhouette (no person mask) constrains nothing
     usable = parts.head.flatten(1).mean(1) > MIN_HEAD_FRACTION
@@ -290,7 +291,7 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     chin_y = neutral[0, landmark_ids[CHIN], 1]
     neck = canonical[:, 1] < chin_y
     nape_y = neutral[0, landmark_ids[UPPER_LIP], 1]
-    long_hair = hangs_below_lips(parts, seeds[2], seeds[3])
+    long_hair = hangs_below_lips(parts, lip_rows, face_cover)
     unhaired = neck & (rim < RIM_SIN2) if long_hair else canonical[:, 1] < nape_y
     heights = torch.where(unhaired, torch.zeros_like(heights), heights)
     # a surface point off the head moves inward onto it (a narrower skull than the template's:
@@ -340,10 +341,9 @@ def back_of_head_rgb(images, parts: PersonParts, canonical, nape_y=None) -> torc
     with its strand texture; below ``nape_y`` (metres, canonical y [N]; None: nowhere: long
     hair covers the nape) the neck's skin colour, blended over NAPE_BLEND_M."""
     hair = back_colour(images, parts)[None] * strand_texture(canonical, hair_contrast(images, parts))[:, None]
-    skin = parts.skin.reshape(-1) > 0.9
-    if nape_y is None or int(skin.sum()) < MIN_HAIR_PIXELS:
+    skin_rgb = None if nape_y is None else solid_median(images, parts.skin)
+    if skin_rgb is None:
         return hair
-    skin_rgb = images.permute(0, 2, 3, 1).reshape(-1, 3)[skin].median(0).values
     nape = ((nape_y - canonical[:, 1]) / NAPE_BLEND_M).clamp(0, 1)[:, None]  # 0 above, 1 a blend below
     return hair * (1 - nape) + skin_rgb[None] * nape
 
@@ -352,12 +352,20 @@ def back_colour(images: torch.Tensor, parts: PersonParts) -> torch.Tensor:
     """[3] colour of the back of the head: the mean colour of the solid hair pixels of all views
     (the median per channel: highlights and strands of background do not tint it); of the skin
     when fewer than MIN_HAIR_PIXELS are hair."""
-    pixels = images.permute(0, 2, 3, 1).reshape(-1, 3)
     for part in (parts.hair, parts.skin):
-        solid = part.reshape(-1) > 0.9
-        if int(solid.sum()) >= MIN_HAIR_PIXELS:
-            return pixels[solid].median(0).values
-    return pixels.new_tensor([0.22, 0.16, 0.12])
+        colour = solid_median(images, part)
+        if colour is not None:
+            return colour
+    return images.new_tensor([0.22, 0.16, 0.12])
+
+
+def solid_median(images: torch.Tensor, part: torch.Tensor) -> torch.Tensor | None:
+    """[3] per-channel median colour of images [V,3,S,S] where part [V,1,S,S] is solid (> 0.9);
+    None when fewer than MIN_HAIR_PIXELS are."""
+    solid = part.reshape(-1) > 0.9
+    if int(solid.sum()) < MIN_HAIR_PIXELS:
+        return None
+    return images.permute(0, 2, 3, 1).reshape(-1, 3)[solid].median(0).values
 
 
 def hair_contrast(images: torch.Tensor, parts: PersonParts) -> torch.Tensor:
