@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,13 @@ from PIL import Image, ImageDraw
 
 from flexavatar import pipeline
 from flexavatar.__main__ import main
-from flexavatar.eval.motion import key_scores, motion_metrics
+from flexavatar.eval.motion import (
+    MIN_RELIABILITY,
+    driver_reliability,
+    image_mode_scores,
+    key_scores,
+    motion_metrics,
+)
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.motion import (
     LIP_CLOSED_GAP,
@@ -227,6 +234,26 @@ def test_motion_metrics_of_a_perfect_copy_and_a_frozen_avatar(shared_media):
                                  rotations=np.repeat(driver.rotations[:1], 40, 0))  # fmt: skip
     metrics = motion_metrics(driver, frozen)
     assert metrics["aed_rel"] > 0.005 and abs(metrics["r_key"]) < 1e-6
+
+
+def test_motion_metrics_skip_what_only_the_tracker_moves():
+    """examples/driving.mp4 is scripted: jaw, lips, one blink, a head turn. Tracking its frames a
+    second time (IMAGE mode) reproduces the jaw and the blink, not the smile the jaw and the turn
+    leak into: r_key counts only the keys whose movement is the face's."""
+    clip = Path(__file__).resolve().parents[1] / "examples" / "driving.mp4"
+    driver = track_video(clip, smoothing=0.0)
+    reliability = driver_reliability(driver, image_mode_scores(clip))
+    assert reliability["jawOpen"] >= MIN_RELIABILITY and reliability["eyeBlinkLeft"] >= MIN_RELIABILITY
+    assert reliability["mouthSmileLeft"] < MIN_RELIABILITY and reliability["mouthSmileRight"] < MIN_RELIABILITY
+    # an output whose smile is unrelated noise: that key is reported apart, not in r_key
+    noisy = driver.blendshapes.copy()
+    smile = MEDIAPIPE_BLENDSHAPE_NAMES.index("mouthSmileLeft")
+    noisy[:, smile] = np.random.default_rng(0).uniform(0, 0.3, len(noisy))
+    output = dataclasses.replace(driver, blendshapes=noisy)
+    strict, every = motion_metrics(driver, output, reliability), motion_metrics(driver, output)
+    assert np.isnan(strict["r_mouthSmileLeft"]) and not np.isnan(strict["r_unreliable_mouthSmileLeft"])
+    assert strict["r_jawOpen"] > 0.999 and strict["r_key"] > every["r_key"]
+    assert strict["r_key_any"] == pytest.approx(every["r_key"])
 
 
 def test_cli_has_motion_eval_and_calibrate():

@@ -7,8 +7,13 @@ its driver, frame by frame:
 * **AED_rel**: mean absolute difference of the 51 MediaPipe expression scores (its 52 minus
   ``_neutral``), each relative to its frame 0 (relative motion transfers changes, not levels).
 * **r** per key blendshape (:data:`KEY_BLENDSHAPES`): Pearson correlation of output and driver
-  over time, only where the driver moves it (std >= :data:`MOVING_STD`; "-" otherwise: the
-  correlation of two flat lines is noise). ``r_key`` is their mean.
+  over time, only where the driver moves it: its score's std is at least :data:`MOVING_STD` and
+  the movement is the face's, not the tracker's (:func:`driver_reliability`: the driver tracked
+  a second time, frame by frame in IMAGE mode, agrees with its VIDEO-mode track to r >=
+  :data:`MIN_RELIABILITY`); "-" otherwise: the correlation with tracker noise is noise.
+  ``r_key`` is their mean. (examples/driving.mp4 is scripted: jaw, lips and one blink; its
+  smile, brow and pucker scores move 0.03-0.05 with the jaw and the head turn, and a second
+  tracking of the same frames reproduces them only to r 0.3-0.7.)
 * **APD**: mean geodesic angle (degrees) between the output's and the driver's head rotation
   since frame 0 (each in its own camera).
 * **out**: fraction of frames where the output's face is not found or its landmark box leaves
@@ -37,7 +42,8 @@ from flexavatar import pipeline
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
 from flexavatar.motion import LIP_CLOSED_GAP, LIP_OPEN_GAP
 from flexavatar.rotations import rotation_angle_deg
-from flexavatar.tracking import track_video
+from flexavatar.errors import InvalidInputError
+from flexavatar.tracking import detect_face, track_video
 from flexavatar.train import media_dir
 from flexavatar.video import iter_frames
 
@@ -47,8 +53,12 @@ PUBLIC_CLIPS = ("single_face.mp4", "examples/driving.mp4")
 #: Key blendshapes (MediaPipe names); ``browDown`` is the mean of its left and right scores.
 KEY_BLENDSHAPES = ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft", "mouthSmileRight",
                    "browInnerUp", "browDown", "mouthPucker", "mouthFunnel")  # fmt: skip
-#: A key blendshape counts for r only where the driver's score moves at least this much (std).
+#: A key blendshape counts for r only where the driver's score moves at least this much (std)...
 MOVING_STD = 0.03
+#: ...and where two trackings of the driver's frames (VIDEO and IMAGE mode) agree to this r: below
+#: it the score's movement is mostly the tracker's own noise, and no output can correlate with it
+#: much better than sqrt(this): r >= 0.85 is out of reach.
+MIN_RELIABILITY = 0.8
 #: The output face box may come this close to the frame border (fraction of the side) before
 #: the head counts as leaving the frame.
 FRAME_MARGIN = 0.0
@@ -73,13 +83,41 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 1e-12 else 0.0
 
 
-def motion_metrics(driver, output) -> dict:
+def image_mode_scores(clip, max_frames: int | None = None) -> np.ndarray:
+    """[T,52] MediaPipe scores of every frame of ``clip`` tracked on its own (IMAGE mode, no
+    state carried between frames); NaN where no face is found."""
+    scores = []
+    frames = iter_frames(clip, max_frames=max_frames)
+    try:
+        for frame in frames:  # one landmarker call per frame
+            try:
+                scores.append(detect_face(frame, with_mask=False).blendshapes)
+            except InvalidInputError:
+                scores.append(np.full(52, np.nan))
+    finally:
+        frames.close()
+    return np.asarray(scores, np.float64).reshape(-1, 52)
+
+
+def driver_reliability(driver, image_scores: np.ndarray) -> dict[str, float]:
+    """{key name: r} the test-retest reliability of each key score of the driver: Pearson r of its
+    VIDEO-mode track (``driver``, a :class:`~flexavatar.tracking.VideoTrack`) and its IMAGE-mode
+    scores [T,52] (:func:`image_mode_scores`) over the frames both found a face in."""
+    frames = min(driver.frame_count, len(image_scores))
+    both = driver.has_face[:frames] & ~np.isnan(image_scores[:frames]).any(1)
+    video, image = key_scores(driver.blendshapes[:frames][both]), key_scores(image_scores[:frames][both])
+    return {name: pearson(video[name], image[name]) if both.sum() > 2 else 0.0 for name in KEY_BLENDSHAPES}
+
+
+def motion_metrics(driver, output, reliability: dict[str, float] | None = None) -> dict:
     """Closed-loop metrics of one reenactment (see the module docstring).
 
     driver, output: :class:`~flexavatar.tracking.VideoTrack` of the driving video and of the
     rendered reenactment (same frame count; the shorter one bounds the comparison).
+    reliability: :func:`driver_reliability` (None: every key the driver moves counts).
     Returns plain floats: aed_rel, r_key (NaN when no key blendshape moves), r_<name> (NaN where
-    the driver does not move it), apd_deg, out_of_frame (fraction), size_std (fraction),
+    the driver does not move it), r_unreliable_<name> (r where the driver's score moves but not
+    reliably; NaN otherwise), r_key_any (the mean over both), apd_deg, out_of_frame (fraction), size_std (fraction),
     lips_open (fraction, NaN where the driver's lips never close), frames.
     """
     frames = min(driver.frame_count, output.frame_count)
@@ -90,14 +128,19 @@ def motion_metrics(driver, output) -> dict:
     delta_error = np.abs((o_scores - o_scores[first]) - (d_scores - d_scores[first]))
     result: dict = {"frames": frames, "aed_rel": float(delta_error[both].mean()) if both.any() else float("nan")}
     d_keys, o_keys = key_scores(driver.blendshapes[:frames]), key_scores(output.blendshapes[:frames])
-    moving = []
+    moving, moving_any = [], []
     for name in KEY_BLENDSHAPES:
         d, o = d_keys[name][both], o_keys[name][both]
-        r = pearson(o, d) if len(d) > 2 and d.std() >= MOVING_STD else float("nan")
-        result[f"r_{name}"] = r
-        if not np.isnan(r):
-            moving.append(r)
+        moves = len(d) > 2 and d.std() >= MOVING_STD
+        reliable = reliability is None or reliability.get(name, 0.0) >= MIN_RELIABILITY
+        r_any = pearson(o, d) if moves else float("nan")
+        result[f"r_{name}"] = r_any if reliable else float("nan")
+        result[f"r_unreliable_{name}"] = float("nan") if reliable else r_any
+        moving += [] if np.isnan(result[f"r_{name}"]) else [r_any]
+        moving_any += [] if np.isnan(r_any) else [r_any]
     result["r_key"] = float(np.mean(moving)) if moving else float("nan")
+    #: the mean over every key the driver's score moves in, tracker noise or not
+    result["r_key_any"] = float(np.mean(moving_any)) if moving_any else float("nan")
     d_rot, o_rot = driver.rotation_matrices()[:frames], output.rotation_matrices()[:frames]
     d_delta = d_rot @ np.swapaxes(d_rot[first], -1, -2)  # rotation since frame 0, camera frame
     o_delta = o_rot @ np.swapaxes(o_rot[first], -1, -2)
@@ -124,11 +167,11 @@ def first_frame(clip) -> np.ndarray:
 
 
 def evaluate_reenactment(model, avatar, clip, driver_track, workdir: Path, tag: str, max_seconds: float,
-                         **options) -> dict:  # fmt: skip
+                         reliability: dict[str, float] | None = None, **options) -> dict:  # fmt: skip
     """Reenact ``avatar`` with ``clip`` (pipeline options ``options``), re-track, compare."""
     out = pipeline.reenact(avatar, clip, max_seconds=max_seconds, out_path=workdir / f"{tag}.mp4", model=model,
                            **options)  # fmt: skip
-    return motion_metrics(driver_track, track_video(out, smoothing=0.0))
+    return motion_metrics(driver_track, track_video(out, smoothing=0.0), reliability)
 
 
 def motion_table(model, photos, clips, max_seconds: float = 10.0, self_reenact: bool = True, workdir=None,
@@ -140,13 +183,16 @@ def motion_table(model, photos, clips, max_seconds: float = 10.0, self_reenact: 
     for clip in clips:
         fps = track_video(clip, max_frames=1).fps
         driver = track_video(clip, smoothing=0.0, max_frames=max(1, int(max_seconds * fps)))
+        reliability = driver_reliability(driver, image_mode_scores(clip, driver.frame_count))
         sources = [("self", first_frame(clip))] if self_reenact else []
         sources += [(Path(p).name, p) for p in photos]
         for name, photo in sources:
             avatar = pipeline.create_avatar(photo, model=model)
             tag = f"{Path(clip).stem}-{Path(name).stem}"
-            metrics = evaluate_reenactment(model, avatar, clip, driver, workdir, tag, max_seconds, **options)
-            rows.append({"clip": Path(clip).name, "photo": name, **metrics})
+            metrics = evaluate_reenactment(model, avatar, clip, driver, workdir, tag, max_seconds, reliability,
+                                           **options)  # fmt: skip
+            rows.append({"clip": Path(clip).name, "photo": name, **metrics,
+                         **{f"reliability_{k}": v for k, v in reliability.items()}})  # fmt: skip
     return rows
 
 
@@ -155,15 +201,23 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown table of :func:`motion_table` rows."""
-    keys = [f"r_{k}" for k in KEY_BLENDSHAPES]
-    head = ["clip", "photo", "AED_rel", "r_key", *(k[2:] for k in keys), "APD°", "out", "size", "lips"]
+    """Markdown table of :func:`motion_table` rows. A key whose driver score moves but not
+    reliably (:data:`MIN_RELIABILITY`) shows its r in parentheses and is not in ``r_key``
+    (``r_any`` includes it)."""
+    head = ["clip", "photo", "AED_rel", "r_key", "r_any", *KEY_BLENDSHAPES, "APD°", "out", "size", "lips"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["clip"], row["photo"], _fmt(row["aed_rel"], 3), _fmt(row["r_key"]), *(_fmt(row[k]) for k in keys),
+        keys = [_fmt(row[f"r_{k}"]) if np.isnan(row.get(f"r_unreliable_{k}", float("nan")))
+                else f"({_fmt(row[f'r_unreliable_{k}'])})" for k in KEY_BLENDSHAPES]  # fmt: skip
+        cells = [row["clip"], row["photo"], _fmt(row["aed_rel"], 3), _fmt(row["r_key"]),
+                 _fmt(row.get("r_key_any", float("nan"))), *keys,
                  _fmt(row["apd_deg"]), _fmt(row["out_of_frame"]), _fmt(row["size_std"], 3),
                  _fmt(row.get("lips_open", float("nan")))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    clips = {row["clip"]: row for row in rows if f"reliability_{KEY_BLENDSHAPES[0]}" in row}
+    for clip, row in clips.items():
+        lines.append(f"\n{clip}: driver reliability (VIDEO vs IMAGE mode r) "
+                     + " ".join(f"{k} {row[f'reliability_{k}']:.2f}" for k in KEY_BLENDSHAPES))  # fmt: skip
     return "\n".join(lines)
 
 
