@@ -313,6 +313,17 @@ def test_one_euro_filter():
         smooth_sequence(noisy, 30.0, 1.5)
 
 
+def test_smoothing_keeps_the_ends_of_a_motion():
+    """A head already turning in frame 0: the smoothed frame 0 stays where the head was (motion is
+    taken relative to frame 0), not pulled towards where it went (it was, by ~1 degree in 20)."""
+    turn = np.linspace(0.0, 1.0, 48)[:, None]  # 20 degrees in 2 s at 24 fps, in units of 20 degrees
+    smooth = smooth_sequence(turn, 24.0, 0.5)
+    assert abs(smooth[0, 0] - turn[0, 0]) < 0.005 and abs(smooth[-1, 0] - turn[-1, 0]) < 0.005
+    np.testing.assert_allclose(smooth, turn, atol=0.005)
+    short = smooth_sequence(np.array([[0.0], [1.0]]), 24.0, 0.5)  # shorter than the padding
+    assert short.shape == (2, 1) and short[0, 0] < 0.1 < 0.9 < short[1, 0]
+
+
 def test_fill_gaps_and_short_runs():
     values = np.array([[0.0], [1.0], [0.0], [3.0], [0.0], [0.0]])
     valid = np.array([False, True, False, True, False, False])

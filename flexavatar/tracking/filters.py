@@ -6,6 +6,10 @@ drop) pass with little lag. ``cutoff = min_cutoff + beta * |smoothed derivative|
 
 For offline tracks, :func:`smooth_sequence` runs it forward and backward and averages the
 two passes: the forward pass lags, the backward pass leads, the mean is (nearly) lag-free.
+At the clip's ends one pass has not run in, so the sequence is first extended by its point
+reflection about each end (as ``scipy.signal.filtfilt``'s odd padding): without it a head
+already turning in frame 0 had its smoothed frame 0 pulled ~1° towards where it was going, and
+everything relative to frame 0 carried that offset.
 """
 
 from __future__ import annotations
@@ -96,8 +100,12 @@ def smooth_sequence(
     if min_cutoff is None or len(sequence) < 2:
         return sequence.copy()
     one_euro = OneEuroFilter(rate_hz, min_cutoff_hz=min_cutoff, beta=beta)
-    forward = one_euro.filter(sequence)
     if not zero_phase:
-        return forward
-    backward = one_euro.filter(sequence[::-1])[::-1]
-    return 0.5 * (forward + backward)
+        return one_euro.filter(sequence)
+    pad = min(len(sequence) - 1, math.ceil(rate_hz / min_cutoff))  # ~ one time constant x 2 pi
+    padded = np.concatenate([
+        2 * sequence[:1] - sequence[pad:0:-1], sequence, 2 * sequence[-1:] - sequence[-2 : -pad - 2 : -1],
+    ])  # fmt: skip
+    forward = one_euro.filter(padded)
+    backward = one_euro.filter(padded[::-1])[::-1]
+    return (0.5 * (forward + backward))[pad : pad + len(sequence)]
