@@ -32,14 +32,17 @@ import torch
 
 from flexavatar import pipeline
 from flexavatar.assets import SHIPPED_WEIGHTS
-from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel
-from flexavatar.motion import CALIBRATION_FILE, MotionCalibration, driving_cameras, scores_to_ict
+from flexavatar.motion import (
+    CALIBRATION_FILE,
+    SHAPE_GAINS,
+    MotionCalibration,
+    driving_cameras,
+    retrack,
+    scores_to_ict,
+)
 from flexavatar.rotations import matrix_to_axis_angle
-from flexavatar.tracking import detect_face
-from flexavatar.tracking.correspondence import load_correspondence
-from flexavatar.tracking.pose import mediapipe_to_head_pose
 from flexavatar.train import media_dir
 
 SWEEP_WEIGHTS = np.linspace(0.0, 1.0, 6)
@@ -61,10 +64,16 @@ TURN_DEGREES = np.array([-20.0, -10.0, 10.0, 20.0])
 TURN_GAIN_RANGE = (0.7, 1.3)
 
 
+def shape_gains() -> np.ndarray:
+    """[S] :data:`~flexavatar.motion.SHAPE_GAINS` per score of :data:`SCORE_NAMES` (1 elsewhere)."""
+    return np.array([SHAPE_GAINS.get(name, 1.0) for name in SCORE_NAMES])
+
+
 def sweep_codes(weights: np.ndarray = SWEEP_WEIGHTS) -> np.ndarray:
     """[1 + (S+P)*(K-1), 57] ICT codes: neutral, then for each score s its shape(s) at
-    weights[1:], then each left/right pair of :data:`SCORE_PAIRS` together (the pose bias of a
-    smile is not the sum of its sides': one side pitches the head ~0.2°, both 1.5-3°)."""
+    weights[1:] (times its shape gain, :func:`shape_gains`), then each left/right pair of
+    :data:`SCORE_PAIRS` together (the pose bias of a smile is not the sum of its sides': one side
+    pitches the head ~0.2°, both 1.5-3°)."""
     num, steps = len(SCORE_NAMES), len(weights) - 1
     per_score = np.zeros((num, steps, num))
     per_score[np.arange(num), :, np.arange(num)] = weights[1:]
@@ -72,24 +81,8 @@ def sweep_codes(weights: np.ndarray = SWEEP_WEIGHTS) -> np.ndarray:
     for p, (left, right) in enumerate(SCORE_PAIRS):
         per_pair[p, :, left] = per_pair[p, :, right] = weights[1:]
     values = np.concatenate([per_score.reshape(-1, num), per_pair.reshape(-1, num)])
-    codes = scores_to_ict(values, SCORE_NAMES, np.zeros(NUM_EXPRESSIONS))
+    codes = scores_to_ict(values, SCORE_NAMES, np.zeros(NUM_EXPRESSIONS), shape_gains())
     return np.concatenate([np.zeros((1, NUM_EXPRESSIONS)), codes]).astype(np.float32)
-
-
-def retrack(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[F,H,W,3] uint8 renders -> scores [F,S] and head rotations [F,3,3] (OpenCV camera
-    frame, :func:`~flexavatar.tracking.pose.mediapipe_to_head_pose`); NaN where no face is found."""
-    scores = np.full((len(frames), len(SCORE_NAMES)), np.nan)
-    rotations = np.full((len(frames), 3, 3), np.nan)
-    correspondence = load_correspondence()
-    for i, frame in enumerate(frames):  # one landmarker call per frame
-        try:
-            found = detect_face(frame, with_mask=False)
-        except InvalidInputError:
-            continue
-        scores[i] = found.blendshapes[1:]
-        rotations[i] = mediapipe_to_head_pose(found.transform, correspondence)[0]
-    return scores, rotations
 
 
 def sweep_responses(
@@ -191,11 +184,11 @@ def monotone(values: np.ndarray) -> np.ndarray:
 
 def fit_calibration(
     responses: np.ndarray, rotations: np.ndarray | None = None, weights: np.ndarray = SWEEP_WEIGHTS,
-    meta: dict | None = None, turns: np.ndarray | None = None,
+    meta: dict | None = None, turns: np.ndarray | None = None, gains: np.ndarray | None = None,
 ) -> MotionCalibration:  # fmt: skip
     """Sweeps of A avatars -> :class:`MotionCalibration`: responses [A,S,K,S] and apparent
     rotations [A,S,K,3] degrees (:func:`sweep_responses`; NaN where untracked), head turns
-    [A,3,D,2] (:func:`sweep_turns`)."""
+    [A,3,D,2] (:func:`sweep_turns`); gains [S]: the shape gains the sweeps used (default 1)."""
     mean = np.nanmedian(responses, axis=0)  # [S,K,S]
     mean = np.where(np.isnan(mean), 0.0, mean)
     num = len(SCORE_NAMES)
@@ -208,7 +201,7 @@ def fit_calibration(
         bias = np.nan_to_num(np.nanmedian(rotations, axis=0))  # [S,K,3]
         bias[:, 0] = 0.0  # the neutral render is the reference
     gain = turn_gain(turns) if turns is not None else None
-    return MotionCalibration(SCORE_NAMES, weights, own, crosstalk, meta or {}, bias, gain)
+    return MotionCalibration(SCORE_NAMES, weights, own, crosstalk, meta or {}, bias, gain, gains)
 
 
 def calibration_avatars(model: FlexAvatarModel, photos, template: bool = True) -> list[tuple[str, str, FlexAvatarModel, Avatar]]:
@@ -237,16 +230,17 @@ def calibrate(model: FlexAvatarModel, photos, template: bool = True, sweeps_path
     }
     if sweeps_path is not None:
         np.savez_compressed(sweeps_path, responses=np.stack(responses), rotations=np.stack(rotations),
-                            turns=turns, weights=SWEEP_WEIGHTS, meta=json.dumps(meta))  # fmt: skip
-    return fit_calibration(np.stack(responses), np.stack(rotations), SWEEP_WEIGHTS, meta, turns)
+                            turns=turns, weights=SWEEP_WEIGHTS, meta=json.dumps(meta), gains=shape_gains())  # fmt: skip
+    return fit_calibration(np.stack(responses), np.stack(rotations), SWEEP_WEIGHTS, meta, turns, shape_gains())
 
 
 def refit(sweeps_path) -> MotionCalibration:
     """The calibration of sweeps saved by :func:`calibrate` (no rendering)."""
     with np.load(sweeps_path) as sweeps:
         turns = sweeps["turns"] if "turns" in sweeps else None
+        gains = sweeps["gains"] if "gains" in sweeps else None
         return fit_calibration(sweeps["responses"], sweeps["rotations"], sweeps["weights"], json.loads(str(sweeps["meta"])),
-                               turns)  # fmt: skip
+                               turns, gains)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,11 @@ Head pose. The head is fixed in canonical space, so the driver's motion becomes 
 the source pose), translation and depth (apparent size) damped by
 :data:`TRANSLATION_FOLLOW` and bounded so the head stays framed; ``follow_translation``
 follows them fully (still bounded). MediaPipe's head pose of a still ICT head changes with its
-expression (a smile pitches it by 1-4°, raised brows by -1-3°; measured in the same sweep):
-:func:`expression_pose_bias` predicts that from the avatar's weights and the cameras take half
-of it out (:data:`POSE_BIAS_SHRINK`). Frames where tracking is unreliable (a hand over the face)
+expression (a smile pitches it by 1-4°, raised brows by -1-3°): :func:`measured_pose_bias`
+renders the clip's distinct expressions on the avatar and re-tracks them, and the cameras take
+half of that out (:data:`POSE_BIAS_SHRINK`); :func:`expression_pose_bias` predicts it from the
+calibration's per-shape medians instead (no rendering). Each avatar also gets its own response
+amplitudes (:func:`calibration_for_avatar`). Frames where tracking is unreliable (a hand over the face)
 are interpolated upstream, in :func:`flexavatar.tracking.track_video`.
 """
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
 from flexavatar.assets import SHIPPED_WEIGHTS
 from flexavatar.camera import Camera
+from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import (
     EXPRESSION_INDEX,
     MEDIAPIPE_BLENDSHAPE_NAMES,
@@ -46,6 +49,9 @@ from flexavatar.head.blendshapes import (
 )
 from flexavatar.model import Avatar
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from flexavatar.tracking import detect_face
+from flexavatar.tracking.correspondence import load_correspondence
+from flexavatar.tracking.pose import mediapipe_to_head_pose
 
 CALIBRATION_FILE = "motion_calibration.json"
 #: Fraction of the driver's translation / depth change the avatar follows by default.
@@ -90,12 +96,33 @@ BLINK_SCORES = ("eyeBlinkLeft", "eyeBlinkRight")
 #: jaw reads as pucker 0.02-0.04) into a visible pucker, which on some avatars hides their smile
 #: (tests/test_motion.py's scripted smile r 0.80 without it).
 SCORE_DEADZONE = {"eyeBlinkLeft": 0.1, "eyeBlinkRight": 0.1, "mouthPucker": 0.05}
-#: Fraction of the calibrated expression pose bias the cameras undo. The bias is a median over
-#: the calibration avatars and an avatar's own differs (a full smile re-tracks pitched by
-#: 1.3-4.0° on 9 avatars, 6 of them held out); undoing half of it measured better than all of
-#: it, on held-out avatars too (eval --motion, mean APD: public rows 1.26° -> 1.08°, held-out
-#: photos x clips 1.26° -> 0.96°; undoing none: 1.24°, 1.19°).
+#: Fraction of the expression pose bias the cameras undo. For the per-shape median
+#: (:func:`expression_pose_bias`), half measured better than all of it (eval --motion, mean APD:
+#: public rows 1.26° -> 1.08°, held-out photos x clips 1.26° -> 0.96°; none: 1.24°, 1.19°); for
+#: the avatar's own, measured bias (:func:`measured_pose_bias`, what reenact uses) too: public rows
+#: APD 1.00° all, 0.96° half; AED 0.0444, 0.0432 (MediaPipe's expression scores move with the
+#: pose it sees, and the driver's carry its own bias). Held-out rows at half: APD 1.24° (median
+#: bias) -> 0.91°, AED 0.0511 -> 0.0489, r_key 0.884 -> 0.896.
 POSE_BIAS_SHRINK = 0.5
+#: The ICT weight a score's shape(s) reach at calibration weight 1 (every other score: 1). ICT's
+#: pucker, lower-lip drop, lip stretch and brow lowering are milder than the faces MediaPipe
+#: reads: at full weight they re-track at 0.01-0.13 (median of the calibration avatars), a driver's
+#: resting pucker alone reads 0.3. At weight 2 they re-track at 0.1-0.9 on 3 avatars and still
+#: look like the expression (a kiss, teeth showing, a grimace, a frown). Funnel is left at 1:
+#: pucker and funnel both at 2 make a snout. The calibration sweeps these shapes up to the gain,
+#: so its weights stay in [0,1] and its file records the gains (``shape_gains``).
+SHAPE_GAINS = {"mouthPucker": 2.0, "mouthLowerDownLeft": 2.0, "mouthLowerDownRight": 2.0,
+               "mouthStretchLeft": 2.0, "mouthStretchRight": 2.0, "browDownLeft": 2.0, "browDownRight": 2.0}  # fmt: skip
+#: Per avatar, each score's calibrated response is scaled by how strongly *this* avatar responds
+#: (:func:`calibration_for_avatar`: its re-tracked score at full weight over the calibration's),
+#: within these bounds. Avatars differ 3x and more (a full ICT pucker re-tracks at 0.12 on one
+#: photo's avatar, 0.98 on another's): the median alone over-drives some and under-drives others.
+#: eval --motion means (public rows; held-out photos x clips): r_key 0.858 -> 0.877, 0.883 ->
+#: 0.884; AED 0.0432 -> 0.0417, 0.0559 -> 0.0511; APD 1.13 -> 1.24°, 1.20 -> 1.24°.
+AVATAR_RESPONSE_RANGE = (1.0 / 3.0, 3.0)
+#: Expressions of a clip rendered and re-tracked to measure the avatar's own expression pose bias
+#: (:func:`measured_pose_bias`).
+POSE_BIAS_SAMPLES = 16
 #: Fixed-point iterations of :meth:`MotionCalibration.solve` (the cross-talk inversion).
 SOLVE_ITERATIONS = 8
 
@@ -125,6 +152,8 @@ class MotionCalibration:
     turn_gain: [3] or None: the re-tracked / commanded head rotation about each camera axis
         (x pitch, y yaw, z roll) of a neutral avatar turned about its head centre;
         :meth:`undo_turn_gain` divides by it.
+    shape_gains: [S] or None (all 1): the ICT weight of score s's shape(s) at calibration weight 1
+        (:data:`SHAPE_GAINS`); :func:`scores_to_ict` / :func:`ict_to_scores` apply it.
     """
 
     names: tuple[str, ...]
@@ -134,8 +163,10 @@ class MotionCalibration:
     meta: dict
     rotation_bias: np.ndarray | None = None
     turn_gain: np.ndarray | None = None
+    shape_gains: np.ndarray | None = None
 
     def __post_init__(self):
+        self.shape_gains = np.ones(len(self.names)) if self.shape_gains is None else np.asarray(self.shape_gains, np.float64)
         self.weights = np.asarray(self.weights, np.float64)
         self.responses = np.asarray(self.responses, np.float64)
         self.crosstalk = np.asarray(self.crosstalk, np.float64)
@@ -224,6 +255,8 @@ class MotionCalibration:
             data["rotation_bias"] = self.rotation_bias.round(3).tolist()
         if self.turn_gain is not None:
             data["turn_gain"] = self.turn_gain.round(4).tolist()
+        if (self.shape_gains != 1).any():
+            data["shape_gains"] = self.shape_gains.round(4).tolist()
         return data
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -261,22 +294,33 @@ def _read_calibration(path: str, mtime_ns: int) -> MotionCalibration:
     del mtime_ns  # part of the cache key: a regenerated file is read again
     data = json.loads(Path(path).read_text())
     return MotionCalibration(tuple(data["names"]), data["weights"], data["responses"], data["crosstalk"],
-                             data.get("meta", {}), data.get("rotation_bias"), data.get("turn_gain"))  # fmt: skip
+                             data.get("meta", {}), data.get("rotation_bias"), data.get("turn_gain"),
+                             data.get("shape_gains"))  # fmt: skip
 
 
-def ict_to_scores(expressions: np.ndarray, names) -> np.ndarray:
-    """[...,57] ICT weights -> [...,S] MediaPipe-named values (mean of each name's ICT shapes)."""
+def ict_to_scores(expressions: np.ndarray, names, gains: np.ndarray | None = None) -> np.ndarray:
+    """[...,57] ICT weights -> [...,S] MediaPipe-named values (mean of each name's ICT shapes),
+    divided by each name's shape gain [S] (:attr:`MotionCalibration.shape_gains`; default 1)."""
     columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) for n in names]
     matrix = _MP_TO_ICT[columns]  # [S,57]
-    return np.asarray(expressions, np.float64) @ (matrix / matrix.sum(1, keepdims=True)).T
+    values = np.asarray(expressions, np.float64) @ (matrix / matrix.sum(1, keepdims=True)).T
+    return values if gains is None else values / gains
 
 
-def scores_to_ict(values: np.ndarray, names, base: np.ndarray) -> np.ndarray:
-    """[...,S] per-name weights -> [...,57] ICT weights; ICT shapes no name drives keep ``base`` [57]."""
+def scores_to_ict(values: np.ndarray, names, base: np.ndarray, gains: np.ndarray | None = None) -> np.ndarray:
+    """[...,S] per-name weights -> [...,57] ICT weights (times each name's shape gain [S], default
+    1); ICT shapes no name drives keep ``base`` [57]."""
     columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) for n in names]
     matrix = _MP_TO_ICT[columns]  # [S,57] 0/1
     driven = matrix.sum(0) > 0
-    return np.where(driven, np.asarray(values, np.float64) @ matrix, base)
+    values = np.asarray(values, np.float64) if gains is None else np.asarray(values, np.float64) * gains
+    return np.where(driven, values @ matrix, base)
+
+
+def ict_limits(calibration: MotionCalibration) -> np.ndarray:
+    """[57] the largest ICT weight each shape is driven to: its score's shape gain (1 elsewhere)."""
+    columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) for n in calibration.names]
+    return np.maximum((_MP_TO_ICT[columns] * calibration.shape_gains[:, None]).max(0), 1.0)
 
 
 def driving_expressions(
@@ -322,9 +366,10 @@ def _calibrated_expressions(avatar, driver, relative, neutralise, calibration, f
     calibration = calibration if calibration is not None else load_calibration()
     names = calibration.names
     source = rest_expression(avatar, neutralise)
-    scores = ict_to_scores(driver, names)  # [T,S]
+    scores = ict_to_scores(driver, names)  # [T,S] the driver's MediaPipe scores
+    gains, limits = calibration.shape_gains, ict_limits(calibration)
     if relative:
-        source_weights = ict_to_scores(source, names)  # [S]
+        source_weights = ict_to_scores(source, names, gains)  # [S] calibration weights
         rest = calibration.predict(source_weights)
         neutral = np.minimum(np.percentile(scores, DRIVER_NEUTRAL_PERCENTILE, axis=0), scores[0])
         neutral = np.repeat(neutral[None], len(scores), axis=0)
@@ -339,9 +384,9 @@ def _calibrated_expressions(avatar, driver, relative, neutralise, calibration, f
         # the change of weight, added per ICT shape: a still driver leaves the rest exactly
         # (also where the source's left and right of a paired shape differ)
         change = calibration.solve(rest[None] + delta) - source_weights[None]
-        return np.clip(source + scores_to_ict(change, names, np.zeros(NUM_EXPRESSIONS)), 0, 1).astype(np.float32)
+        return np.clip(source + scores_to_ict(change, names, np.zeros(NUM_EXPRESSIONS), gains), 0, limits).astype(np.float32)
     weights = calibration.solve(scores)
-    return np.clip(scores_to_ict(weights, names, source), 0, 1).astype(np.float32)
+    return np.clip(scores_to_ict(weights, names, source, gains), 0, limits).astype(np.float32)
 
 
 def rest_expression(avatar: Avatar | None, neutralise: bool) -> np.ndarray:
@@ -351,14 +396,102 @@ def rest_expression(avatar: Avatar | None, neutralise: bool) -> np.ndarray:
     return avatar.source_expression.detach().cpu().numpy().astype(np.float64)
 
 
+def retrack(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[F,H,W,3] uint8 renders -> MediaPipe scores [F,S] (its 52 minus ``_neutral``) and head
+    rotations [F,3,3] (OpenCV camera frame, :func:`~flexavatar.tracking.pose.mediapipe_to_head_pose`),
+    each frame tracked on its own (IMAGE mode); NaN where no face is found."""
+    scores = np.full((len(frames), len(MEDIAPIPE_BLENDSHAPE_NAMES) - 1), np.nan)
+    rotations = np.full((len(frames), 3, 3), np.nan)
+    correspondence = load_correspondence()
+    for i, frame in enumerate(frames):  # one landmarker call per frame
+        try:
+            found = detect_face(frame, with_mask=False)
+        except InvalidInputError:
+            continue
+        scores[i] = found.blendshapes[1:]
+        rotations[i] = mediapipe_to_head_pose(found.transform, correspondence)[0]
+    return scores, rotations
+
+
+def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration, chunk: int = 8) -> np.ndarray:
+    """[S] how far each score moves when ``avatar`` shows that score's shape(s) at calibration
+    weight 1 (times its shape gain), all else neutral: the re-tracked score minus the neutral
+    render's, from the avatar's own source camera (NaN where a render is not tracked). S + 1
+    renders and re-trackings (~2-3 s on 2 CPU cores)."""
+    names = calibration.names
+    values = np.concatenate([np.zeros((1, len(names))), np.eye(len(names))])
+    codes = torch.from_numpy(scores_to_ict(values, names, np.zeros(NUM_EXPRESSIONS), calibration.shape_gains).astype(np.float32))
+    frames = []
+    with torch.no_grad():
+        for start in range(0, len(codes), chunk):
+            part = codes[start : start + chunk].to(model.device)
+            rgb, _ = model.render(avatar, [avatar.source_camera] * len(part), part)
+            frames.append((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
+    scores, _ = retrack(np.concatenate(frames))
+    columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in names]
+    return scores[1 + np.arange(len(names)), columns] - scores[0, columns]
+
+
+def calibration_for_avatar(calibration: MotionCalibration, spans: np.ndarray) -> MotionCalibration:
+    """The calibration with each score's response (above its weight-0 level) scaled by the avatar's
+    own span [S] (:func:`avatar_response_spans`) over the calibration's, within
+    :data:`AVATAR_RESPONSE_RANGE`; scores the calibration cannot steer, or the avatar's render
+    lost, keep theirs. Cross-talk, pose bias and turn gain stay the calibration's."""
+    population = calibration.responses[:, -1] - calibration.responses[:, 0]
+    spans = np.asarray(spans, np.float64)
+    usable = np.isfinite(spans) & calibration.informative
+    ratio = np.where(usable, np.clip(np.nan_to_num(spans) / np.maximum(population, 1e-6), *AVATAR_RESPONSE_RANGE), 1.0)
+    base = calibration.responses[:, :1]
+    meta = {**calibration.meta, "avatar_ratio": ratio.round(3).tolist()}
+    return replace(calibration, responses=base + (calibration.responses - base) * ratio[:, None], meta=meta)
+
+
 def expression_pose_bias(calibration: MotionCalibration, expressions: np.ndarray, rest: np.ndarray) -> np.ndarray:
     """[T,3] axis-angle (radians, camera frame): how much the tracker will see the avatar's head
     rotated by its expressions [T,57] beyond its rest expression [57] (:meth:`MotionCalibration.pose_bias`).
     :func:`driving_cameras` takes it out, so the head turns as the driver's does, not more when it smiles.
     Shrunk by :data:`POSE_BIAS_SHRINK`: the bias is the median of a few calibration avatars."""
     names = calibration.names
-    bias = calibration.pose_bias(ict_to_scores(expressions, names)) - calibration.pose_bias(ict_to_scores(rest, names))
+    gains = calibration.shape_gains
+    bias = calibration.pose_bias(ict_to_scores(expressions, names, gains)) - calibration.pose_bias(ict_to_scores(rest, names, gains))
     return POSE_BIAS_SHRINK * bias
+
+
+def measured_pose_bias(model, avatar: Avatar, expressions: np.ndarray, rest: np.ndarray,
+                       samples: int = POSE_BIAS_SAMPLES, chunk: int = 8) -> np.ndarray:  # fmt: skip
+    """[T,3] axis-angle (radians, camera frame): the head rotation MediaPipe sees in ``avatar``
+    showing each of ``expressions`` [T,57] with its head still, relative to its ``rest`` [57];
+    measured in closed loop, not predicted: the rest and up to ``samples`` of the frames (farthest
+    apart in expression, so each distinct expression of the clip is one) are rendered from the
+    source camera and re-tracked; every frame takes the inverse-square-distance blend of its 3
+    nearest samples' rotations. The per-shape median (:func:`expression_pose_bias`) adds shapes
+    up that do not add up: single_face.mp4's smile + lip drop re-tracks pitched by -2.6° on
+    one avatar where the median sum predicts +1.3°. Samples MediaPipe loses count as no rotation."""
+    expressions = np.asarray(expressions, np.float64)
+    rest = np.asarray(rest, np.float64)
+    chosen = [int(np.argmax(np.abs(expressions - rest).sum(1)))] if len(expressions) else []
+    distance = np.linalg.norm(expressions - expressions[chosen[0]], axis=1) if chosen else np.zeros(0)
+    distance = np.minimum(distance, np.linalg.norm(expressions - rest, axis=1)) if chosen else distance
+    while len(chosen) < min(samples, len(expressions)) and distance.max() > 1e-6:  # farthest-point sampling
+        chosen.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, np.linalg.norm(expressions - expressions[chosen[-1]], axis=1))
+    sample_codes = np.concatenate([rest[None], expressions[chosen]]).astype(np.float32)
+    frames = []
+    with torch.no_grad():
+        for start in range(0, len(sample_codes), chunk):
+            part = torch.from_numpy(sample_codes[start : start + chunk]).to(model.device)
+            rgb, _ = model.render(avatar, [avatar.source_camera] * len(part), part)
+            frames.append((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
+    _, rotations = retrack(np.concatenate(frames))
+    if np.isnan(rotations[0]).any():  # the rest itself is lost: nothing to measure against
+        return np.zeros((len(expressions), 3))
+    seen = matrix_to_axis_angle(np.nan_to_num(rotations @ np.swapaxes(rotations[0], -1, -2)))
+    seen[np.isnan(rotations).any((1, 2))] = 0.0
+    # every frame: inverse-square-distance blend of its 3 nearest samples (the rest included)
+    between = np.linalg.norm(expressions[:, None] - sample_codes[None].astype(np.float64), axis=2)  # [T,K]
+    nearest = np.argsort(between, axis=1)[:, :3]
+    weights = 1.0 / np.maximum(np.take_along_axis(between, nearest, 1), 1e-6) ** 2
+    return (seen[nearest] * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)
 
 
 def driving_cameras(

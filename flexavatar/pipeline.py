@@ -27,11 +27,14 @@ from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
 from flexavatar.model.network import DeformCache
 from flexavatar.motion import (
+    POSE_BIAS_SHRINK,
     MotionCalibration,
+    avatar_response_spans,
+    calibration_for_avatar,
     driving_cameras,
     driving_expressions,
-    expression_pose_bias,
     load_calibration,
+    measured_pose_bias,
     rest_expression,
 )
 from flexavatar.options import DEFAULTS, RESOLUTIONS, RequestOptions
@@ -341,7 +344,8 @@ def reenact(
     first frame; ``neutralise`` starts from a neutral face instead of the source photo's
     expression; ``follow_translation`` follows the driver's translation and distance fully
     instead of damped (both stay bounded to keep the head framed); ``calibration``: a
-    :class:`~flexavatar.motion.MotionCalibration` or its file (default: the shipped one).
+    :class:`~flexavatar.motion.MotionCalibration`, used as is, or its file (default: the shipped
+    one), then fitted to the avatar's own responses (:func:`~flexavatar.motion.calibration_for_avatar`).
     """
     model = _as_model(model)
     resolution = _check_resolution(resolution)
@@ -357,11 +361,12 @@ def reenact(
     warnings = list(track.warnings)  # includes the cut, when the video was longer than max_seconds
     avatar = avatar.to(model.device)
     head_centre = model.head.head_centre().double().cpu().numpy()
-    if not isinstance(calibration, MotionCalibration):
+    if not isinstance(calibration, MotionCalibration):  # a file (default: shipped), fitted to this avatar
         calibration = load_calibration(calibration)
+        calibration = calibration_for_avatar(calibration, avatar_response_spans(model, avatar, calibration))
     expressions = driving_expressions(avatar, track.expressions, relative, neutralise, calibration, track.fps,
                                       lip_gaps=track.lip_gaps)  # fmt: skip
-    bias = expression_pose_bias(calibration, expressions, rest_expression(avatar, neutralise))
+    bias = POSE_BIAS_SHRINK * measured_pose_bias(model, avatar, expressions, rest_expression(avatar, neutralise))
     cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution,
                               follow_translation=follow_translation, rotation_bias=bias,
                               calibration=calibration)  # fmt: skip

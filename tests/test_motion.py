@@ -27,7 +27,10 @@ from flexavatar.motion import (
     MAX_SHIFT_FRACTION,
     driving_cameras,
     driving_expressions,
+    POSE_BIAS_SHRINK,
+    avatar_response_spans,
     expression_pose_bias,
+    measured_pose_bias,
     identity_calibration,
     load_calibration,
     scores_to_ict,
@@ -305,7 +308,8 @@ def test_pose_bias_compensation_keeps_a_smiling_head_still(model, astronaut):
     """A still head that smiles or raises its brows re-tracks as turned (MediaPipe's pose bias,
     measured in the calibration sweep); the compensated cameras take much of that out (astronaut,
     mean apparent turn over five expressions: measured 0.77° plain, 0.33° compensated by half the
-    bias (POSE_BIAS_SHRINK), 0.49° by all of it)."""
+    median bias (POSE_BIAS_SHRINK), 0.49° by all of it); so does half the avatar's own measured
+    bias (:func:`measured_pose_bias`, what reenact uses)."""
     calibration = load_calibration()
     expressions = (("mouthSmile_L", "mouthSmile_R"), ("browInnerUp_L", "browInnerUp_R"), ("jawOpen",),
                    ("mouthSmile_L", "mouthSmile_R", "browInnerUp_L", "browInnerUp_R"), ("mouthUpperUp_L", "mouthUpperUp_R"))  # fmt: skip
@@ -318,7 +322,9 @@ def test_pose_bias_compensation_keeps_a_smiling_head_still(model, astronaut):
     still = matrix_to_axis_angle(np.tile(astronaut.source_camera.viewmat[:3, :3].double().numpy()[None], (len(codes), 1, 1)))
     translations = np.tile(astronaut.source_camera.viewmat[:3, 3].double().numpy()[None], (len(codes), 1))
     apparent = {}
-    for name, rotation_bias in (("plain", None), ("compensated", bias)):
+    measured = POSE_BIAS_SHRINK * measured_pose_bias(model, astronaut, codes, np.zeros(NUM_EXPRESSIONS))
+    assert np.abs(measured[0]).max() < 1e-9  # the rest is the reference
+    for name, rotation_bias in (("plain", None), ("compensated", bias), ("measured", measured)):
         cameras = driving_cameras(astronaut, head_centre, still, translations, True, 256, rotation_bias=rotation_bias,
                                   calibration=calibration)  # fmt: skip
         with torch.no_grad():
@@ -328,6 +334,17 @@ def test_pose_bias_compensation_keeps_a_smiling_head_still(model, astronaut):
         rotations = [mediapipe_to_head_pose(detect_face(f, with_mask=False).transform, correspondence)[0] for f in frames]
         apparent[name] = float(np.mean([rotation_angle_deg(rotations[0], r) for r in rotations[1:]]))
     assert apparent["compensated"] < 0.8 * apparent["plain"], apparent
+    assert apparent["measured"] < 0.8 * apparent["plain"], apparent
+
+
+def test_avatar_response_spans_measure_this_avatar(model, astronaut):
+    """Each score's shape at full (calibration) weight, rendered on this avatar and re-tracked."""
+    calibration = load_calibration()
+    spans = avatar_response_spans(model, astronaut, calibration)
+    assert spans.shape == (len(calibration.names),) and np.isfinite(spans).mean() > 0.9
+    assert spans[calibration.names.index("jawOpen")] > 0.3
+    assert spans[calibration.names.index("mouthSmileLeft")] > 0.3
+    assert spans[calibration.names.index("mouthPucker")] > 0.3  # at its shape gain of 2
 
 
 def test_turn_gain_makes_a_head_turn_retrack_at_its_size(model, astronaut):
