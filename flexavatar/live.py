@@ -26,8 +26,16 @@ import torch
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import NUM_EXPRESSIONS, mediapipe_to_ict
 from flexavatar.model import Avatar, FlexAvatarModel
-from flexavatar.motion import MotionCalibration, driving_cameras, driving_expressions, load_calibration
-from flexavatar.options import WHITE
+from flexavatar.motion import (
+    MotionCalibration,
+    avatar_response_spans,
+    calibration_for_avatar,
+    driving_cameras,
+    driving_expressions,
+    load_calibration,
+    rest_expression,
+)
+from flexavatar.options import DEFAULTS, WHITE
 from flexavatar.pipeline import _background, _to_uint8, load_model
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, relative_rotvecs
 from flexavatar.tracking.correspondence import load_correspondence
@@ -98,7 +106,8 @@ class LiveSession:
 
     resolution: output side in pixels. smoothing: One Euro strength in [0,1] (0 = off).
     calibration: MediaPipe score -> ICT weight mapping (:mod:`flexavatar.motion`); default the
-    shipped closed-loop one, as ``reenact`` uses.
+    shipped closed-loop one fitted to this avatar (~2 s at the start), as ``reenact`` uses.
+    neutralise: start from a neutral face (the photo's expression removed), as ``reenact`` does.
     Use as a context manager, or call :meth:`close`, to free the landmarker.
     """
 
@@ -111,13 +120,18 @@ class LiveSession:
         background=WHITE,
         rate_hz: float = NOMINAL_RATE_HZ,
         calibration: MotionCalibration | None = None,
+        neutralise: bool = DEFAULTS.neutralise,
     ):
         self.model = model if model is not None else load_model()
         self.avatar = avatar.to(self.model.device)
         self.deform_cache = self.model.prepare_deform(self.avatar)  # what every frame shares: once per session
         self.resolution = int(resolution)
         self.background = background
-        self.calibration = calibration if calibration is not None else load_calibration()
+        if calibration is None:  # the shipped one, fitted to this avatar's responses, as reenact does
+            calibration = load_calibration()
+            calibration = calibration_for_avatar(calibration, avatar_response_spans(self.model, self.avatar, calibration))
+        self.calibration = calibration
+        self.neutralise = bool(neutralise)
         self.head_centre = self.model.head.head_centre().double().cpu().numpy()
         self.correspondence = load_correspondence()
         min_cutoff = min_cutoff_for(float(smoothing))
@@ -216,7 +230,7 @@ class LiveSession:
         if self.neutral is None or self.current is None:
             camera = driving_cameras(self.avatar, self.head_centre, np.zeros((1, 3)), np.zeros((1, 3)), True,
                                      self.resolution)[0]  # fmt: skip
-            expression = self.avatar.source_expression.cpu().numpy()
+            expression = rest_expression(self.avatar, self.neutralise)
         else:
             neutral_rotation, neutral_translation, neutral_expression, neutral_gap = self.neutral
             relative, translation, expression, gap = self.current
@@ -230,7 +244,8 @@ class LiveSession:
                                      np.stack([neutral_translation, translation]), True, self.resolution,
                                      calibration=self.calibration)[1]  # fmt: skip
             expression = driving_expressions(self.avatar, np.stack([neutral_expression, expression]), True,
-                                             calibration=self.calibration, lip_gaps=np.array([neutral_gap, gap]))[1]  # fmt: skip
+                                             self.neutralise, calibration=self.calibration,
+                                             lip_gaps=np.array([neutral_gap, gap]))[1]  # fmt: skip
         code = torch.from_numpy(np.asarray(expression, np.float32))[None].to(self.model.device)
         with torch.inference_mode():
             # One frame's deform is small ops (a 32² UNet, ~10k Gaussians): a second OpenMP thread

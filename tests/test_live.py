@@ -22,6 +22,7 @@ from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSI
 from flexavatar.live import TARGET_FPS, LiveSession
 from flexavatar.model.modules import Deformer
 from flexavatar.motion import driving_expressions, identity_calibration
+from flexavatar.options import DEFAULTS
 from flexavatar.rotations import rotation_angle_deg
 from flexavatar.tracking import detect_face
 from flexavatar.tracking.correspondence import load_correspondence
@@ -172,8 +173,9 @@ def test_live_head_turn_retracks_at_the_drivers_size(shipped_model, astronaut_av
 
 def test_reset_neutral_returns_to_rest(shipped_model, astronaut_avatar, driving_frames):
     """After reset_neutral the next face is the neutral: the avatar shows its rest expression."""
-    # the avatar's rest as the motion module defines it: a driver that does not move
-    rest = driving_expressions(astronaut_avatar, np.zeros((2, NUM_EXPRESSIONS)), True)[-1]
+    # the avatar's rest as the motion module defines it: a driver that does not move (neutralised
+    # by default, as in reenact)
+    rest = driving_expressions(astronaut_avatar, np.zeros((2, NUM_EXPRESSIONS)), True, DEFAULTS.neutralise)[-1]
     with LiveSession(astronaut_avatar, model=shipped_model) as session:
         session.process(driving_frames[0], 0)
         moved = session.process(driving_frames[40], 40)  # the driver smiles here
