@@ -32,6 +32,7 @@ import torch
 
 from flexavatar import pipeline
 from flexavatar.assets import SHIPPED_WEIGHTS
+from flexavatar.closed_loop import retrack
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel
 from flexavatar.motion import (
@@ -39,7 +40,6 @@ from flexavatar.motion import (
     SHAPE_GAINS,
     MotionCalibration,
     driving_cameras,
-    retrack,
     scores_to_ict,
 )
 from flexavatar.rotations import matrix_to_axis_angle

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from flexavatar.closed_loop import avatar_response_spans
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import NUM_EXPRESSIONS, mediapipe_to_ict
 from flexavatar.model import Avatar, FlexAvatarModel
 from flexavatar.motion import (
     MotionCalibration,
-    avatar_response_spans,
     calibration_for_avatar,
     driving_cameras,
     driving_expressions,

@@ -19,7 +19,7 @@ the source pose), translation and depth (apparent size) damped by
 :data:`TRANSLATION_FOLLOW` and bounded so the head stays framed; ``follow_translation``
 follows them fully (still bounded). MediaPipe's head pose of a still ICT head changes with its
 expression (a smile pitches it by 1-4°, raised brows by -1-3°): :func:`measured_pose_bias`
-renders the clip's distinct expressions on the avatar and re-tracks them, and the cameras take
+(:mod:`flexavatar.closed_loop`) renders the clip's distinct expressions on the avatar and re-tracks them, and the cameras take
 half of that out (:data:`POSE_BIAS_SHRINK`); :func:`expression_pose_bias` predicts it from the
 calibration's per-shape medians instead (no rendering). Each avatar also gets its own response
 amplitudes (:func:`calibration_for_avatar`). Frames where tracking is unreliable (a hand over the face)
@@ -40,7 +40,6 @@ from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
 from flexavatar.assets import SHIPPED_WEIGHTS
 from flexavatar.camera import Camera
-from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import (
     EXPRESSION_INDEX,
     MEDIAPIPE_BLENDSHAPE_NAMES,
@@ -49,9 +48,6 @@ from flexavatar.head.blendshapes import (
 )
 from flexavatar.model import Avatar
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from flexavatar.tracking import detect_face
-from flexavatar.tracking.correspondence import load_correspondence
-from flexavatar.tracking.pose import mediapipe_to_head_pose
 
 CALIBRATION_FILE = "motion_calibration.json"
 #: Fraction of the driver's translation / depth change the avatar follows by default.
@@ -99,7 +95,7 @@ SCORE_DEADZONE = {"eyeBlinkLeft": 0.1, "eyeBlinkRight": 0.1, "mouthPucker": 0.05
 #: Fraction of the expression pose bias the cameras undo. For the per-shape median
 #: (:func:`expression_pose_bias`), half measured better than all of it (eval --motion, mean APD:
 #: public rows 1.26° -> 1.08°, held-out photos x clips 1.26° -> 0.96°; none: 1.24°, 1.19°); for
-#: the avatar's own, measured bias (:func:`measured_pose_bias`, what reenact uses) too: public rows
+#: the avatar's own, measured bias (:func:`flexavatar.closed_loop.measured_pose_bias`, what reenact uses) too: public rows
 #: APD 1.00° all, 0.96° half; AED 0.0444, 0.0432 (MediaPipe's expression scores move with the
 #: pose it sees, and the driver's carry its own bias). Held-out rows at half: APD 1.24° (median
 #: bias) -> 0.91°, AED 0.0511 -> 0.0489, r_key 0.884 -> 0.896.
@@ -114,15 +110,13 @@ POSE_BIAS_SHRINK = 0.5
 SHAPE_GAINS = {"mouthPucker": 2.0, "mouthLowerDownLeft": 2.0, "mouthLowerDownRight": 2.0,
                "mouthStretchLeft": 2.0, "mouthStretchRight": 2.0, "browDownLeft": 2.0, "browDownRight": 2.0}  # fmt: skip
 #: Per avatar, each score's calibrated response is scaled by how strongly *this* avatar responds
-#: (:func:`calibration_for_avatar`: its re-tracked score at full weight over the calibration's),
+#: (:func:`calibration_for_avatar`: its re-tracked score at full weight over the calibration's,
+#: :func:`flexavatar.closed_loop.avatar_response_spans`),
 #: within these bounds. Avatars differ 3x and more (a full ICT pucker re-tracks at 0.12 on one
 #: photo's avatar, 0.98 on another's): the median alone over-drives some and under-drives others.
 #: eval --motion means (public rows; held-out photos x clips): r_key 0.858 -> 0.877, 0.883 ->
 #: 0.884; AED 0.0432 -> 0.0417, 0.0559 -> 0.0511; APD 1.13 -> 1.24°, 1.20 -> 1.24°.
 AVATAR_RESPONSE_RANGE = (1.0 / 3.0, 3.0)
-#: Expressions of a clip rendered and re-tracked to measure the avatar's own expression pose bias
-#: (:func:`measured_pose_bias`).
-POSE_BIAS_SAMPLES = 16
 #: Fixed-point iterations of :meth:`MotionCalibration.solve` (the cross-talk inversion).
 SOLVE_ITERATIONS = 8
 
@@ -396,45 +390,9 @@ def rest_expression(avatar: Avatar | None, neutralise: bool) -> np.ndarray:
     return avatar.source_expression.detach().cpu().numpy().astype(np.float64)
 
 
-def retrack(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[F,H,W,3] uint8 renders -> MediaPipe scores [F,S] (its 52 minus ``_neutral``) and head
-    rotations [F,3,3] (OpenCV camera frame, :func:`~flexavatar.tracking.pose.mediapipe_to_head_pose`),
-    each frame tracked on its own (IMAGE mode); NaN where no face is found."""
-    scores = np.full((len(frames), len(MEDIAPIPE_BLENDSHAPE_NAMES) - 1), np.nan)
-    rotations = np.full((len(frames), 3, 3), np.nan)
-    correspondence = load_correspondence()
-    for i, frame in enumerate(frames):  # one landmarker call per frame
-        try:
-            found = detect_face(frame, with_mask=False)
-        except InvalidInputError:
-            continue
-        scores[i] = found.blendshapes[1:]
-        rotations[i] = mediapipe_to_head_pose(found.transform, correspondence)[0]
-    return scores, rotations
-
-
-def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration, chunk: int = 8) -> np.ndarray:
-    """[S] how far each score moves when ``avatar`` shows that score's shape(s) at calibration
-    weight 1 (times its shape gain), all else neutral: the re-tracked score minus the neutral
-    render's, from the avatar's own source camera (NaN where a render is not tracked). S + 1
-    renders and re-trackings (~2-3 s on 2 CPU cores)."""
-    names = calibration.names
-    values = np.concatenate([np.zeros((1, len(names))), np.eye(len(names))])
-    codes = torch.from_numpy(scores_to_ict(values, names, np.zeros(NUM_EXPRESSIONS), calibration.shape_gains).astype(np.float32))
-    frames = []
-    with torch.no_grad():
-        for start in range(0, len(codes), chunk):
-            part = codes[start : start + chunk].to(model.device)
-            rgb, _ = model.render(avatar, [avatar.source_camera] * len(part), part)
-            frames.append((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
-    scores, _ = retrack(np.concatenate(frames))
-    columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in names]
-    return scores[1 + np.arange(len(names)), columns] - scores[0, columns]
-
-
 def calibration_for_avatar(calibration: MotionCalibration, spans: np.ndarray) -> MotionCalibration:
     """The calibration with each score's response (above its weight-0 level) scaled by the avatar's
-    own span [S] (:func:`avatar_response_spans`) over the calibration's, within
+    own span [S] (:func:`flexavatar.closed_loop.avatar_response_spans`) over the calibration's, within
     :data:`AVATAR_RESPONSE_RANGE`; scores the calibration cannot steer, or the avatar's render
     lost, keep theirs. Cross-talk, pose bias and turn gain stay the calibration's."""
     population = calibration.responses[:, -1] - calibration.responses[:, 0]
@@ -455,43 +413,6 @@ def expression_pose_bias(calibration: MotionCalibration, expressions: np.ndarray
     gains = calibration.shape_gains
     bias = calibration.pose_bias(ict_to_scores(expressions, names, gains)) - calibration.pose_bias(ict_to_scores(rest, names, gains))
     return POSE_BIAS_SHRINK * bias
-
-
-def measured_pose_bias(model, avatar: Avatar, expressions: np.ndarray, rest: np.ndarray,
-                       samples: int = POSE_BIAS_SAMPLES, chunk: int = 8) -> np.ndarray:  # fmt: skip
-    """[T,3] axis-angle (radians, camera frame): the head rotation MediaPipe sees in ``avatar``
-    showing each of ``expressions`` [T,57] with its head still, relative to its ``rest`` [57];
-    measured in closed loop, not predicted: the rest and up to ``samples`` of the frames (farthest
-    apart in expression, so each distinct expression of the clip is one) are rendered from the
-    source camera and re-tracked; every frame takes the inverse-square-distance blend of its 3
-    nearest samples' rotations. The per-shape median (:func:`expression_pose_bias`) adds shapes
-    up that do not add up: single_face.mp4's smile + lip drop re-tracks pitched by -2.6° on
-    one avatar where the median sum predicts +1.3°. Samples MediaPipe loses count as no rotation."""
-    expressions = np.asarray(expressions, np.float64)
-    rest = np.asarray(rest, np.float64)
-    chosen = [int(np.argmax(np.abs(expressions - rest).sum(1)))] if len(expressions) else []
-    distance = np.linalg.norm(expressions - expressions[chosen[0]], axis=1) if chosen else np.zeros(0)
-    distance = np.minimum(distance, np.linalg.norm(expressions - rest, axis=1)) if chosen else distance
-    while len(chosen) < min(samples, len(expressions)) and distance.max() > 1e-6:  # farthest-point sampling
-        chosen.append(int(np.argmax(distance)))
-        distance = np.minimum(distance, np.linalg.norm(expressions - expressions[chosen[-1]], axis=1))
-    sample_codes = np.concatenate([rest[None], expressions[chosen]]).astype(np.float32)
-    frames = []
-    with torch.no_grad():
-        for start in range(0, len(sample_codes), chunk):
-            part = torch.from_numpy(sample_codes[start : start + chunk]).to(model.device)
-            rgb, _ = model.render(avatar, [avatar.source_camera] * len(part), part)
-            frames.append((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
-    _, rotations = retrack(np.concatenate(frames))
-    if np.isnan(rotations[0]).any():  # the rest itself is lost: nothing to measure against
-        return np.zeros((len(expressions), 3))
-    seen = matrix_to_axis_angle(np.nan_to_num(rotations @ np.swapaxes(rotations[0], -1, -2)))
-    seen[np.isnan(rotations).any((1, 2))] = 0.0
-    # every frame: inverse-square-distance blend of its 3 nearest samples (the rest included)
-    between = np.linalg.norm(expressions[:, None] - sample_codes[None].astype(np.float64), axis=2)  # [T,K]
-    nearest = np.argsort(between, axis=1)[:, :3]
-    weights = 1.0 / np.maximum(np.take_along_axis(between, nearest, 1), 1e-6) ** 2
-    return (seen[nearest] * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)
 
 
 def driving_cameras(

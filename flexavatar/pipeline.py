@@ -21,6 +21,7 @@ import torch
 
 from flexavatar import assets
 from flexavatar.camera import Camera, focal_from_fov, orbit_camera
+from flexavatar.closed_loop import avatar_response_spans, measured_pose_bias
 from flexavatar.errors import InvalidInputError
 from flexavatar.export import save_ply
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
@@ -29,12 +30,10 @@ from flexavatar.model.network import DeformCache
 from flexavatar.motion import (
     POSE_BIAS_SHRINK,
     MotionCalibration,
-    avatar_response_spans,
     calibration_for_avatar,
     driving_cameras,
     driving_expressions,
     load_calibration,
-    measured_pose_bias,
     rest_expression,
 )
 from flexavatar.options import DEFAULTS, RESOLUTIONS, RequestOptions

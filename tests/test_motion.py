@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from flexavatar import pipeline
 from flexavatar.__main__ import main
+from flexavatar.closed_loop import avatar_response_spans, measured_pose_bias
 from flexavatar.eval.motion import (
     MIN_RELIABILITY,
     driver_reliability,
@@ -25,12 +26,10 @@ from flexavatar.motion import (
     LIP_CLOSED_GAP,
     LIP_OPEN_GAP,
     MAX_SHIFT_FRACTION,
+    POSE_BIAS_SHRINK,
     driving_cameras,
     driving_expressions,
-    POSE_BIAS_SHRINK,
-    avatar_response_spans,
     expression_pose_bias,
-    measured_pose_bias,
     identity_calibration,
     load_calibration,
     scores_to_ict,

@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from flexavatar import pipeline
+from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
 from flexavatar.motion import LIP_CLOSED_GAP, LIP_OPEN_GAP
 from flexavatar.rotations import rotation_angle_deg
-from flexavatar.errors import InvalidInputError
 from flexavatar.tracking import detect_face, track_video
 from flexavatar.train import media_dir
 from flexavatar.video import iter_frames
