@@ -14,7 +14,7 @@ import torch
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar
-from flexavatar.motion import MotionCalibration, scores_to_ict
+from flexavatar.motion import MotionCalibration, calibration_for_avatar, load_calibration, scores_to_ict
 from flexavatar.rotations import matrix_to_axis_angle
 from flexavatar.tracking import detect_face
 from flexavatar.tracking.correspondence import load_correspondence
@@ -95,3 +95,14 @@ def measured_pose_bias(model, avatar: Avatar, expressions: np.ndarray, rest: np.
     nearest = np.argsort(between, axis=1)[:, :3]
     weights = 1.0 / np.maximum(np.take_along_axis(between, nearest, 1), 1e-6) ** 2
     return (seen[nearest] * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)
+
+
+def avatar_calibration(model, avatar: Avatar, calibration=None) -> MotionCalibration:
+    """The motion calibration to drive ``avatar`` with: a :class:`MotionCalibration` is used as
+    is; a file (None: the shipped one) is loaded and fitted to the avatar's own responses
+    (:func:`avatar_response_spans`, :func:`flexavatar.motion.calibration_for_avatar`)."""
+    if isinstance(calibration, MotionCalibration):
+        return calibration
+    loaded = load_calibration(calibration)
+    return calibration_for_avatar(loaded, avatar_response_spans(model, avatar, loaded))
+

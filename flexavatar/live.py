@@ -23,16 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flexavatar.closed_loop import avatar_response_spans
+from flexavatar.closed_loop import avatar_calibration
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import NUM_EXPRESSIONS, mediapipe_to_ict
 from flexavatar.model import Avatar, FlexAvatarModel
 from flexavatar.motion import (
     MotionCalibration,
-    calibration_for_avatar,
     driving_cameras,
     driving_expressions,
-    load_calibration,
     rest_expression,
 )
 from flexavatar.options import DEFAULTS, WHITE
@@ -127,10 +125,7 @@ class LiveSession:
         self.deform_cache = self.model.prepare_deform(self.avatar)  # what every frame shares: once per session
         self.resolution = int(resolution)
         self.background = background
-        if calibration is None:  # the shipped one, fitted to this avatar's responses, as reenact does
-            calibration = load_calibration()
-            calibration = calibration_for_avatar(calibration, avatar_response_spans(self.model, self.avatar, calibration))
-        self.calibration = calibration
+        self.calibration = avatar_calibration(self.model, self.avatar, calibration)  # as reenact does
         self.neutralise = bool(neutralise)
         self.head_centre = self.model.head.head_centre().double().cpu().numpy()
         self.correspondence = load_correspondence()

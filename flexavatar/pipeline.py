@@ -21,7 +21,7 @@ import torch
 
 from flexavatar import assets
 from flexavatar.camera import Camera, focal_from_fov, orbit_camera
-from flexavatar.closed_loop import avatar_response_spans, measured_pose_bias
+from flexavatar.closed_loop import avatar_calibration, measured_pose_bias
 from flexavatar.errors import InvalidInputError
 from flexavatar.export import save_ply
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
@@ -30,10 +30,8 @@ from flexavatar.model.network import DeformCache
 from flexavatar.motion import (
     POSE_BIAS_SHRINK,
     MotionCalibration,
-    calibration_for_avatar,
     driving_cameras,
     driving_expressions,
-    load_calibration,
     rest_expression,
 )
 from flexavatar.options import DEFAULTS, RESOLUTIONS, RequestOptions
@@ -360,9 +358,7 @@ def reenact(
     warnings = list(track.warnings)  # includes the cut, when the video was longer than max_seconds
     avatar = avatar.to(model.device)
     head_centre = model.head.head_centre().double().cpu().numpy()
-    if not isinstance(calibration, MotionCalibration):  # a file (default: shipped), fitted to this avatar
-        calibration = load_calibration(calibration)
-        calibration = calibration_for_avatar(calibration, avatar_response_spans(model, avatar, calibration))
+    calibration = avatar_calibration(model, avatar, calibration)
     expressions = driving_expressions(avatar, track.expressions, relative, neutralise, calibration, track.fps,
                                       lip_gaps=track.lip_gaps)  # fmt: skip
     bias = POSE_BIAS_SHRINK * measured_pose_bias(model, avatar, expressions, rest_expression(avatar, neutralise))
