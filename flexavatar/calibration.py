@@ -32,7 +32,7 @@ import torch
 
 from flexavatar import pipeline
 from flexavatar.assets import SHIPPED_WEIGHTS
-from flexavatar.closed_loop import retrack
+from flexavatar.closed_loop import render_expressions, retrack
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel
 from flexavatar.motion import (
@@ -95,15 +95,7 @@ def sweep_responses(
     The rotation of a side of a symmetric pair (:data:`SCORE_PAIRS`) is measured with both sides
     swept together, as faces move them (:func:`merge_pair_sweeps`): one side alone pitches the
     head far less than both."""
-    codes = torch.from_numpy(sweep_codes(weights))
-    camera = avatar.source_camera
-    frames = []
-    with torch.no_grad():
-        for start in range(0, len(codes), pipeline.RENDER_CHUNK):
-            chunk = codes[start : start + pipeline.RENDER_CHUNK].to(model.device)
-            rgb, _ = model.render(avatar, [camera] * len(chunk), chunk)
-            frames.append((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
-    scores, rotations = retrack(np.concatenate(frames))
+    scores, rotations = retrack(render_expressions(model, avatar, sweep_codes(weights), pipeline.RENDER_CHUNK))
     relative = np.degrees(matrix_to_axis_angle(np.nan_to_num(rotations @ np.swapaxes(rotations[0], -1, -2))))
     relative[np.isnan(rotations).any((1, 2))] = np.nan
     num, steps = len(SCORE_NAMES), len(weights) - 1

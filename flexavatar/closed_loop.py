@@ -24,6 +24,20 @@ from flexavatar.tracking.pose import mediapipe_to_head_pose
 #: (:func:`measured_pose_bias`).
 POSE_BIAS_SAMPLES = 16
 
+
+def render_expressions(model, avatar: Avatar, codes: np.ndarray, chunk: int = 8) -> np.ndarray:
+    """[F,57] ICT expressions -> [F,S,S,3] uint8 renders of ``avatar`` from its source camera,
+    its head still (``chunk`` frames per render call)."""
+    codes = torch.from_numpy(np.asarray(codes, np.float32))
+    frames = []
+    with torch.no_grad():
+        for start in range(0, len(codes), chunk):
+            part = codes[start : start + chunk].to(model.device)
+            rgb, _ = model.render(avatar, [avatar.source_camera] * len(part), part)
+            frames.append((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
+    return np.concatenate(frames)
+
+
 def retrack(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[F,H,W,3] uint8 renders -> MediaPipe scores [F,S] (its 52 minus ``_neutral``) and head
     rotations [F,3,3] (OpenCV camera frame, :func:`~flexavatar.tracking.pose.mediapipe_to_head_pose`),
@@ -41,57 +55,45 @@ def retrack(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scores, rotations
 
 
-def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration, chunk: int = 8) -> np.ndarray:
+def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration) -> np.ndarray:
     """[S] how far each score moves when ``avatar`` shows that score's shape(s) at calibration
     weight 1 (times its shape gain), all else neutral: the re-tracked score minus the neutral
     render's, from the avatar's own source camera (NaN where a render is not tracked). S + 1
     renders and re-trackings (~2-3 s on 2 CPU cores)."""
     names = calibration.names
     values = np.concatenate([np.zeros((1, len(names))), np.eye(len(names))])
-    codes = torch.from_numpy(scores_to_ict(values, names, np.zeros(NUM_EXPRESSIONS), calibration.shape_gains).astype(np.float32))
-    frames = []
-    with torch.no_grad():
-        for start in range(0, len(codes), chunk):
-            part = codes[start : start + chunk].to(model.device)
-            rgb, _ = model.render(avatar, [avatar.source_camera] * len(part), part)
-            frames.append((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
-    scores, _ = retrack(np.concatenate(frames))
+    codes = scores_to_ict(values, names, np.zeros(NUM_EXPRESSIONS), calibration.shape_gains)
+    scores, _ = retrack(render_expressions(model, avatar, codes))
     columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in names]
     return scores[1 + np.arange(len(names)), columns] - scores[0, columns]
 
 
 def measured_pose_bias(model, avatar: Avatar, expressions: np.ndarray, rest: np.ndarray,
-                       samples: int = POSE_BIAS_SAMPLES, chunk: int = 8) -> np.ndarray:  # fmt: skip
+                       samples: int = POSE_BIAS_SAMPLES) -> np.ndarray:  # fmt: skip
     """[T,3] axis-angle (radians, camera frame): the head rotation MediaPipe sees in ``avatar``
-    showing each of ``expressions`` [T,57] with its head still, relative to its ``rest`` [57];
-    measured in closed loop, not predicted: the rest and up to ``samples`` of the frames (farthest
+    showing each of ``expressions`` [T,57] with its head still, relative to its ``rest`` [57].
+    Measured in closed loop, not predicted: the rest and up to ``samples`` of the frames (farthest
     apart in expression, so each distinct expression of the clip is one) are rendered from the
     source camera and re-tracked; every frame takes the inverse-square-distance blend of its 3
-    nearest samples' rotations. The per-shape median (:func:`flexavatar.motion.expression_pose_bias`)
-    adds shapes up that do not add up: single_face.mp4's smile + lip drop re-tracks pitched by -2.6° on
-    one avatar where the median sum predicts +1.3°. Samples MediaPipe loses count as no rotation."""
+    nearest samples' rotations. The per-shape medians
+    (:func:`flexavatar.motion.expression_pose_bias`) add up shapes that do not add up:
+    single_face.mp4's smile with its lip drop re-tracks pitched by -2.6° on one avatar where the
+    medians sum to +1.3°. Samples MediaPipe loses count as no rotation."""
     expressions = np.asarray(expressions, np.float64)
     rest = np.asarray(rest, np.float64)
-    chosen = [int(np.argmax(np.abs(expressions - rest).sum(1)))] if len(expressions) else []
-    distance = np.linalg.norm(expressions - expressions[chosen[0]], axis=1) if chosen else np.zeros(0)
-    distance = np.minimum(distance, np.linalg.norm(expressions - rest, axis=1)) if chosen else distance
-    while len(chosen) < min(samples, len(expressions)) and distance.max() > 1e-6:  # farthest-point sampling
+    chosen: list[int] = []  # farthest-point sampling, starting from the rest
+    distance = np.linalg.norm(expressions - rest, axis=1)  # [T] to the nearest sample so far
+    while len(chosen) < min(samples, len(expressions)) and distance.max() > 1e-6:
         chosen.append(int(np.argmax(distance)))
         distance = np.minimum(distance, np.linalg.norm(expressions - expressions[chosen[-1]], axis=1))
-    sample_codes = np.concatenate([rest[None], expressions[chosen]]).astype(np.float32)
-    frames = []
-    with torch.no_grad():
-        for start in range(0, len(sample_codes), chunk):
-            part = torch.from_numpy(sample_codes[start : start + chunk]).to(model.device)
-            rgb, _ = model.render(avatar, [avatar.source_camera] * len(part), part)
-            frames.append((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
-    _, rotations = retrack(np.concatenate(frames))
+    sample_codes = np.concatenate([rest[None], expressions[chosen]])
+    _, rotations = retrack(render_expressions(model, avatar, sample_codes))
     if np.isnan(rotations[0]).any():  # the rest itself is lost: nothing to measure against
         return np.zeros((len(expressions), 3))
     seen = matrix_to_axis_angle(np.nan_to_num(rotations @ np.swapaxes(rotations[0], -1, -2)))
     seen[np.isnan(rotations).any((1, 2))] = 0.0
     # every frame: inverse-square-distance blend of its 3 nearest samples (the rest included)
-    between = np.linalg.norm(expressions[:, None] - sample_codes[None].astype(np.float64), axis=2)  # [T,K]
+    between = np.linalg.norm(expressions[:, None] - sample_codes[None], axis=2)  # [T,K]
     nearest = np.argsort(between, axis=1)[:, :3]
     weights = 1.0 / np.maximum(np.take_along_axis(between, nearest, 1), 1e-6) ** 2
     return (seen[nearest] * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)

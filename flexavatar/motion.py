@@ -18,11 +18,12 @@ Head pose. The head is fixed in canonical space, so the driver's motion becomes 
 the source pose), translation and depth (apparent size) damped by
 :data:`TRANSLATION_FOLLOW` and bounded so the head stays framed; ``follow_translation``
 follows them fully (still bounded). MediaPipe's head pose of a still ICT head changes with its
-expression (a smile pitches it by 1-4°, raised brows by -1-3°): :func:`measured_pose_bias`
-(:mod:`flexavatar.closed_loop`) renders the clip's distinct expressions on the avatar and re-tracks them, and the cameras take
-half of that out (:data:`POSE_BIAS_SHRINK`); :func:`expression_pose_bias` predicts it from the
-calibration's per-shape medians instead (no rendering). Each avatar also gets its own response
-amplitudes (:func:`calibration_for_avatar`). Frames where tracking is unreliable (a hand over the face)
+expression (a smile pitches it by 1-4°, raised brows by -1-3°): reenact renders the clip's
+distinct expressions on the avatar and re-tracks them
+(:func:`flexavatar.closed_loop.measured_pose_bias`), and the cameras take half of that out
+(:data:`POSE_BIAS_SHRINK`); :func:`expression_pose_bias` predicts it from the calibration's
+per-shape medians instead (no rendering). Each avatar also gets its own response amplitudes
+(:func:`calibration_for_avatar`). Frames where tracking is unreliable (a hand over the face)
 are interpolated upstream, in :func:`flexavatar.tracking.track_video`.
 """
 
@@ -95,10 +96,10 @@ SCORE_DEADZONE = {"eyeBlinkLeft": 0.1, "eyeBlinkRight": 0.1, "mouthPucker": 0.05
 #: Fraction of the expression pose bias the cameras undo. For the per-shape median
 #: (:func:`expression_pose_bias`), half measured better than all of it (eval --motion, mean APD:
 #: public rows 1.26° -> 1.08°, held-out photos x clips 1.26° -> 0.96°; none: 1.24°, 1.19°); for
-#: the avatar's own, measured bias (:func:`flexavatar.closed_loop.measured_pose_bias`, what reenact uses) too: public rows
-#: APD 1.00° all, 0.96° half; AED 0.0444, 0.0432 (MediaPipe's expression scores move with the
-#: pose it sees, and the driver's carry its own bias). Held-out rows at half: APD 1.24° (median
-#: bias) -> 0.91°, AED 0.0511 -> 0.0489, r_key 0.884 -> 0.896.
+#: the avatar's own, measured bias (:func:`flexavatar.closed_loop.measured_pose_bias`, what
+#: reenact uses) too: public rows APD 1.00° all, 0.96° half; AED 0.0444, 0.0432 (MediaPipe's
+#: expression scores move with the pose it sees, and the driver's carry its own bias). Held-out
+#: rows at half: APD 1.24° (median bias) -> 0.91°, AED 0.0511 -> 0.0489, r_key 0.884 -> 0.896.
 POSE_BIAS_SHRINK = 0.5
 #: The ICT weight a score's shape(s) reach at calibration weight 1 (every other score: 1). ICT's
 #: pucker, lower-lip drop, lip stretch and brow lowering are milder than the faces MediaPipe
@@ -111,8 +112,7 @@ SHAPE_GAINS = {"mouthPucker": 2.0, "mouthLowerDownLeft": 2.0, "mouthLowerDownRig
                "mouthStretchLeft": 2.0, "mouthStretchRight": 2.0, "browDownLeft": 2.0, "browDownRight": 2.0}  # fmt: skip
 #: Per avatar, each score's calibrated response is scaled by how strongly *this* avatar responds
 #: (:func:`calibration_for_avatar`: its re-tracked score at full weight over the calibration's,
-#: :func:`flexavatar.closed_loop.avatar_response_spans`),
-#: within these bounds. Avatars differ 3x and more (a full ICT pucker re-tracks at 0.12 on one
+#: :func:`flexavatar.closed_loop.avatar_response_spans`), within these bounds. Avatars differ 3x and more (a full ICT pucker re-tracks at 0.12 on one
 #: photo's avatar, 0.98 on another's): the median alone over-drives some and under-drives others.
 #: eval --motion means (public rows; held-out photos x clips): r_key 0.858 -> 0.877, 0.883 ->
 #: 0.884; AED 0.0432 -> 0.0417, 0.0559 -> 0.0511; APD 1.13 -> 1.24°, 1.20 -> 1.24°.
