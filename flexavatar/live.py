@@ -50,6 +50,7 @@ from flexavatar.tracking.pose import mediapipe_to_head_pose
 from flexavatar.tracking.video_track import (
     EXPRESSION_BETA,
     POSE_BETA,
+    REACQUIRE_PASSES,
     ROTATION_UNIT_RAD,
     TRANSLATION_UNIT_M,
     lip_gaps,
@@ -136,6 +137,7 @@ class LiveSession:
         self.lock = threading.Lock()
         # rotation [3,3], t [3], expr [57], lip gap; and the smoothed rotvec, t, expr, raw lip gap
         self.neutral: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
+        self.face_tracked = False  # the last frame had a face (the tracker, not the detector, reads the next)
         self.current: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
         self.last_timestamp_ms = -1
         self.started = time.monotonic()
@@ -170,7 +172,7 @@ class LiveSession:
         """Track ``frame`` (uint8 HxWx3 RGB) and render the avatar; ``None`` if it was dropped.
 
         timestamp_ms: the frame's capture time (default: now); must increase from frame to frame,
-        older frames are dropped. A frame arriving while another is processed is dropped too.
+        older frames are dropped (a frame where the face is acquired is tracked again at +1 ms). A frame arriving while another is processed is dropped too.
         """
         frame = check_frame(frame)
         if timestamp_ms is None:
@@ -200,9 +202,19 @@ class LiveSession:
 
     def _track(self, frame: np.ndarray, timestamp_ms: int) -> bool:
         """Update :attr:`current` from one frame; False (state held) when no face is found."""
-        result = self.landmarker.detect_for_video(mp_image(frame), timestamp_ms)
+        image = mp_image(frame)
+        result = self.landmarker.detect_for_video(image, timestamp_ms)
         if not result.face_landmarks:
+            self.face_tracked = False
             return False
+        if not self.face_tracked:  # acquired: read it as the tracker will read the next frames
+            for _ in range(REACQUIRE_PASSES):  # (see flexavatar.tracking.video_track)
+                self.last_timestamp_ms = timestamp_ms = timestamp_ms + 1
+                again = self.landmarker.detect_for_video(image, timestamp_ms)
+                if not again.face_landmarks:
+                    break
+                result = again
+        self.face_tracked = True
         expression = mediapipe_to_ict(blendshape_scores(result.face_blendshapes[0])).astype(np.float64)
         gap = float(lip_gaps(landmarks_to_pixels(result.face_landmarks[0], frame.shape[1], frame.shape[0])))
         transform = np.asarray(result.facial_transformation_matrixes[0], np.float64).reshape(1, 4, 4)

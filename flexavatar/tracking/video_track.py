@@ -63,6 +63,8 @@ CROP_UNIT_FRACTION = 0.2
 #: 0.79-0.88 over 5 avatars; at 30 0.90-0.93 (a still face is smoothed as before: same cutoff).
 EXPRESSION_BETA = 30.0
 POSE_BETA = 0.5
+#: Extra tracking passes over a frame where the face is (re)acquired (:func:`track_video`).
+REACQUIRE_PASSES = 1
 #: Runs of detections shorter than this, in a video that has longer ones, are false positives.
 MIN_FACE_RUN = 3
 #: A frame-to-frame change beyond these is a tracking snap, not head motion: rotation (degrees),
@@ -250,8 +252,20 @@ def track_video(
             # VIDEO mode needs strictly increasing timestamps (ms).
             timestamp = max(int(round(index * 1000.0 / fps)), last_timestamp + 1)
             last_timestamp = timestamp
-            result = landmarker.detect_for_video(mp_image(frame), timestamp)
+            image = mp_image(frame)
+            result = landmarker.detect_for_video(image, timestamp)
             found = len(result.face_landmarks) > 0
+            if found and not (has_face and has_face[-1]):
+                # a face (re)acquired: this result comes from the detector's crop, the next frames'
+                # from the tracker's, and the two read the same face differently (real clips:
+                # eyeSquint 0.22 -> 0.35 from frame 0 to 1). Relative motion starts here, so track
+                # this frame again until the tracker's crop settles and keep that reading.
+                for _ in range(REACQUIRE_PASSES):
+                    timestamp = last_timestamp = timestamp + 1
+                    again = landmarker.detect_for_video(image, timestamp)
+                    if len(again.face_landmarks) == 0:
+                        break
+                    result = again
             has_face.append(found)
             if found:
                 landmarks = landmarks_to_pixels(result.face_landmarks[0], width, height)
