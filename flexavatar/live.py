@@ -172,7 +172,8 @@ class LiveSession:
         """Track ``frame`` (uint8 HxWx3 RGB) and render the avatar; ``None`` if it was dropped.
 
         timestamp_ms: the frame's capture time (default: now); must increase from frame to frame,
-        older frames are dropped (a frame where the face is acquired is tracked again at +1 ms). A frame arriving while another is processed is dropped too.
+        older frames are dropped (a frame where the face is acquired is tracked again at +1 ms).
+        A frame arriving while another is processed is dropped too.
         """
         frame = check_frame(frame)
         if timestamp_ms is None:

@@ -117,8 +117,8 @@ def motion_metrics(driver, output, reliability: dict[str, float] | None = None) 
     reliability: :func:`driver_reliability` (None: every key the driver moves counts).
     Returns plain floats: aed_rel, r_key (NaN when no key blendshape moves), r_<name> (NaN where
     the driver does not move it), r_unreliable_<name> (r where the driver's score moves but not
-    reliably; NaN otherwise), r_key_any (the mean over both), apd_deg, out_of_frame (fraction), size_std (fraction),
-    lips_open (fraction, NaN where the driver's lips never close), frames.
+    reliably; NaN otherwise), r_key_any (the mean over both), apd_deg, out_of_frame (fraction),
+    size_std (fraction), lips_open (fraction, NaN where the driver's lips never close), frames.
     """
     frames = min(driver.frame_count, output.frame_count)
     both = driver.has_face[:frames] & output.has_face[:frames]
@@ -139,7 +139,7 @@ def motion_metrics(driver, output, reliability: dict[str, float] | None = None) 
         moving += [] if np.isnan(result[f"r_{name}"]) else [r_any]
         moving_any += [] if np.isnan(r_any) else [r_any]
     result["r_key"] = float(np.mean(moving)) if moving else float("nan")
-    #: the mean over every key the driver's score moves in, tracker noise or not
+    # the mean over every key the driver's score moves in, tracker noise or not
     result["r_key_any"] = float(np.mean(moving_any)) if moving_any else float("nan")
     d_rot, o_rot = driver.rotation_matrices()[:frames], output.rotation_matrices()[:frames]
     d_delta = d_rot @ np.swapaxes(d_rot[first], -1, -2)  # rotation since frame 0, camera frame

@@ -259,7 +259,7 @@ def track_video(
                 # a face (re)acquired: this result comes from the detector's crop, the next frames'
                 # from the tracker's, and the two read the same face differently (real clips:
                 # eyeSquint 0.22 -> 0.35 from frame 0 to 1). Relative motion starts here, so track
-                # this frame again until the tracker's crop settles and keep that reading.
+                # this frame again (more passes measured no different) and keep the tracker's reading.
                 for _ in range(REACQUIRE_PASSES):
                     timestamp = last_timestamp = timestamp + 1
                     again = landmarker.detect_for_video(image, timestamp)
