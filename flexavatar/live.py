@@ -50,10 +50,10 @@ from flexavatar.tracking.pose import mediapipe_to_head_pose
 from flexavatar.tracking.video_track import (
     EXPRESSION_BETA,
     POSE_BETA,
-    REACQUIRE_PASSES,
     ROTATION_UNIT_RAD,
     TRANSLATION_UNIT_M,
     lip_gaps,
+    reread_acquired,
 )
 
 #: Frame rate the causal filter assumes (webcams stream at 15-30 frames/s; the Space asks for ~20).
@@ -209,12 +209,7 @@ class LiveSession:
             self.face_tracked = False
             return False
         if not self.face_tracked:  # acquired: read it as the tracker will read the next frames
-            for _ in range(REACQUIRE_PASSES):  # (see flexavatar.tracking.video_track)
-                self.last_timestamp_ms = timestamp_ms = timestamp_ms + 1
-                again = self.landmarker.detect_for_video(image, timestamp_ms)
-                if not again.face_landmarks:
-                    break
-                result = again
+            result, self.last_timestamp_ms = reread_acquired(self.landmarker, image, result, timestamp_ms)
         self.face_tracked = True
         expression = mediapipe_to_ict(blendshape_scores(result.face_blendshapes[0])).astype(np.float64)
         gap = float(lip_gaps(landmarks_to_pixels(result.face_landmarks[0], frame.shape[1], frame.shape[0])))

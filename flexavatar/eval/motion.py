@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 
 from flexavatar import pipeline
-from flexavatar.errors import InvalidInputError
+from flexavatar.closed_loop import retrack
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
 from flexavatar.motion import LIP_CLOSED_GAP, LIP_OPEN_GAP
 from flexavatar.rotations import rotation_angle_deg
-from flexavatar.tracking import detect_face, track_video
+from flexavatar.tracking import track_video
 from flexavatar.train import media_dir
 from flexavatar.video import iter_frames
 
@@ -85,18 +85,15 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 def image_mode_scores(clip, max_frames: int | None = None) -> np.ndarray:
     """[T,52] MediaPipe scores of every frame of ``clip`` tracked on its own (IMAGE mode, no
-    state carried between frames); NaN where no face is found."""
-    scores = []
+    state carried between frames, :func:`flexavatar.closed_loop.retrack`; column 0, ``_neutral``,
+    is 0); NaN rows where no face is found."""
     frames = iter_frames(clip, max_frames=max_frames)
     try:
-        for frame in frames:  # one landmarker call per frame
-            try:
-                scores.append(detect_face(frame, with_mask=False).blendshapes)
-            except InvalidInputError:
-                scores.append(np.full(52, np.nan))
+        scores = [retrack(frame[None])[0] for frame in frames]  # one frame in memory at a time
     finally:
         frames.close()
-    return np.asarray(scores, np.float64).reshape(-1, 52)
+    scores = np.concatenate(scores) if scores else np.zeros((0, 51))
+    return np.concatenate([np.zeros((len(scores), 1)), scores], axis=1)
 
 
 def driver_reliability(driver, image_scores: np.ndarray) -> dict[str, float]:

@@ -137,6 +137,22 @@ def lip_gaps(landmarks: np.ndarray) -> np.ndarray:
     return gap / np.maximum(height, 1e-6)
 
 
+def reread_acquired(landmarker, image, result, timestamp_ms: int):
+    """The VIDEO-mode ``result`` of a frame where the face was (re)acquired -> (result, timestamp)
+    after tracking the same ``image`` :data:`REACQUIRE_PASSES` more times at +1 ms each. The
+    first result comes from the detector's crop, the next frames' from the tracker's, and the two
+    read the same face differently (real clips: eyeSquint 0.22 -> 0.35 from frame 0 to 1);
+    relative motion starts here, so keep the tracker's reading (more passes measured no different).
+    Returns the last timestamp used (the next frame's must be later)."""
+    for _ in range(REACQUIRE_PASSES):
+        timestamp_ms += 1
+        again = landmarker.detect_for_video(image, timestamp_ms)
+        if len(again.face_landmarks) == 0:
+            break
+        result = again
+    return result, timestamp_ms
+
+
 def fill_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Linear interpolation of rows [T,C] where ``valid`` [T] is False, between the nearest
     valid rows; leading/trailing gaps hold the first/last valid row. Needs one valid row."""
@@ -256,16 +272,7 @@ def track_video(
             result = landmarker.detect_for_video(image, timestamp)
             found = len(result.face_landmarks) > 0
             if found and not (has_face and has_face[-1]):
-                # a face (re)acquired: this result comes from the detector's crop, the next frames'
-                # from the tracker's, and the two read the same face differently (real clips:
-                # eyeSquint 0.22 -> 0.35 from frame 0 to 1). Relative motion starts here, so track
-                # this frame again (more passes measured no different) and keep the tracker's reading.
-                for _ in range(REACQUIRE_PASSES):
-                    timestamp = last_timestamp = timestamp + 1
-                    again = landmarker.detect_for_video(image, timestamp)
-                    if len(again.face_landmarks) == 0:
-                        break
-                    result = again
+                result, last_timestamp = reread_acquired(landmarker, image, result, timestamp)
             has_face.append(found)
             if found:
                 landmarks = landmarks_to_pixels(result.face_landmarks[0], width, height)
