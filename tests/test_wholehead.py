@@ -17,7 +17,8 @@ from flexavatar.eval.wholehead import PUBLIC_PHOTOS, evaluate_photo, fit_photo, 
 from flexavatar.head.atlas import REGION_INDEX, mirror_texels
 from flexavatar.model.field import ATTRIBUTE_SLICES
 from flexavatar.model.hair import (CHIN, MAX_HEIGHT_M, MAX_INSET_M, NAPE_BLEND_M, STRAND_ACROSS, STRAND_ALONG,
-                                   STRAND_CONTRAST_RANGE, UPPER_LIP, hair_contrast)  # fmt: skip
+                                   STRAND_CONTRAST_RANGE, UPPER_LIP, hair_contrast, lone_texels)  # fmt: skip
+from flexavatar.model import hair
 from flexavatar.model.network import FACING_GROW
 from flexavatar.video import iter_frames
 
@@ -105,6 +106,35 @@ def test_a_narrow_skull_moves_inward_instead_of_leaving_a_hole(shipped_model, sh
     assert shape.outside_hull[side].float().mean() < 0.06  # kept ...
     assert (shape.heights[side] < 0).float().mean() > 0.2  # ... moved inward
     assert shape.heights.min() >= -MAX_INSET_M - 1e-6
+
+
+def test_lone_texels_are_specks_not_chart_edges(untrained_model):
+    """A kept texel among cut ones is a speck; a kept texel whose neighbours are off the atlas (a
+    chart's edge) is not; a cut texel is never one."""
+    atlas = untrained_model.atlas
+    kept = torch.ones(atlas.num_texels, dtype=torch.bool)
+    assert not lone_texels(atlas, kept).any()  # everything kept: chart edges included
+    face = torch.nonzero(atlas.region_mask("face"))[:, 0]
+    kept[face] = False
+    speck = int(face[len(face) // 2])
+    kept[speck] = True
+    lone = lone_texels(atlas, kept)
+    assert lone[speck] and int(lone.sum()) == 1  # the other charts, all kept, have none
+
+
+def test_no_floating_dots_beside_the_neck(shipped_model, shared_media):
+    """astronaut.png: the head mask's ragged edge at the dark collar left single neck texels kept
+    among cut ones; each rendered as a dark dot beside the neck in every reenactment frame (3).
+    Now every kept texel of the face and back-of-head charts has kept texels around it."""
+    model = shipped_model
+    fit = fit_photo(model, str(shared_media / "astronaut.png"))
+    with torch.no_grad():
+        shape = model.whole_head(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
+    carved = model.atlas.region_mask("face", "back_head")
+    assert shape.outside_hull.any()  # the collar is cut ...
+    with pytest.MonkeyPatch.context() as patch:  # ... leaving no kept texel nearly alone
+        patch.setattr(hair, "MIN_KEPT_FRACTION", 0.1)
+        assert not (lone_texels(model.atlas, ~shape.outside_hull) & carved).any()
 
 
 def _canonical(model, fit) -> torch.Tensor:
