@@ -248,7 +248,8 @@ class LiveSession:
                                      calibration=self.calibration)[1]  # fmt: skip
             expression = driving_expressions(self.avatar, np.stack([neutral_expression, expression]), True,
                                              self.neutralise, calibration=self.calibration,
-                                             lip_gaps=np.array([neutral_gap, gap]))[1]  # fmt: skip
+                                             lip_gaps=np.array([neutral_gap, gap]),
+                                             whole_clip=False)[1]  # fmt: skip
         code = torch.from_numpy(np.asarray(expression, np.float32))[None].to(self.model.device)
         with torch.inference_mode():
             # One frame's deform is small ops (a 32² UNet, ~10k Gaussians): a second OpenMP thread

@@ -29,6 +29,7 @@ from flexavatar.motion import (
     POSE_BIAS_SHRINK,
     driving_cameras,
     driving_expressions,
+    end_gaze_with_blinks,
     expression_pose_bias,
     identity_calibration,
     load_calibration,
@@ -132,6 +133,25 @@ def test_resting_pucker_reaches_the_avatar_and_cross_talk_does_not():
     driver[30:, EXPRESSION_INDEX["mouthPucker"]] = 0.03  # cross-talk of the smile
     pucker = driving_expressions(None, driver, relative=True, neutralise=True)[:, EXPRESSION_INDEX["mouthPucker"]]
     assert pucker[:20].min() > 0.95 and pucker[20:].max() == 0, pucker
+
+
+def test_a_look_down_ends_with_its_blink_but_a_glance_down_stays():
+    """MediaPipe reads a blink as a look-down too, a frame late: the avatar's look-down after its
+    blink is cut to its local level (it lowers the lids: the blink lingered); at the blink's peak,
+    and a look-down with no blink near it, stay."""
+    blink, down = EXPRESSION_INDEX["eyeBlink_L"], EXPRESSION_INDEX["eyeLookDown_L"]
+    clip = np.zeros((60, NUM_EXPRESSIONS), np.float32)
+    clip[:, down] = 0.1
+    clip[20:24, blink] = [0.27, 0.5, 0.43, 0.19]
+    clip[20:26, down] = [0.65, 1.0, 1.0, 0.81, 0.37, 0.18]  # the driver's late look-down
+    clip[40:48, down] = 0.6  # a glance down, eyes open
+    out = end_gaze_with_blinks(clip, fps=30.0)
+    assert out[21, down] == pytest.approx(1.0) and out[22, down] == pytest.approx(0.96)  # the peak stays
+    assert out[23, down] == pytest.approx(0.1 + 2 * 0.19)  # the tail is cut ...
+    assert out[24, down] == pytest.approx(0.1)  # ... to the eye's level next to the blink
+    assert out[25, down] == pytest.approx(0.18)  # further away, left alone
+    np.testing.assert_array_equal(out[40:48], clip[40:48])  # the glance
+    np.testing.assert_array_equal(np.delete(out, down, axis=1), np.delete(clip, down, axis=1))
 
 
 def test_lips_close_when_the_drivers_do(model, astronaut):
