@@ -8,6 +8,9 @@ head rotation MediaPipe sees in the clip's own expressions (:func:`measured_pose
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
@@ -19,6 +22,11 @@ from flexavatar.rotations import matrix_to_axis_angle
 from flexavatar.tracking import detect_face
 from flexavatar.tracking.correspondence import load_correspondence
 from flexavatar.tracking.pose import mediapipe_to_head_pose
+
+#: Avatars whose fitted calibration :func:`avatar_calibration` keeps (a few KB each).
+FITTED_CALIBRATIONS = 16
+_FITTED: OrderedDict = OrderedDict()
+_FITTED_LOCK = threading.Lock()
 
 #: Expressions of a clip rendered and re-tracked to measure the avatar's own expression pose bias
 #: (:func:`measured_pose_bias`).
@@ -102,9 +110,22 @@ def measured_pose_bias(model, avatar: Avatar, expressions: np.ndarray, rest: np.
 def avatar_calibration(model, avatar: Avatar, calibration=None) -> MotionCalibration:
     """The motion calibration to drive ``avatar`` with: a :class:`MotionCalibration` is used as
     is; a file (None: the shipped one) is loaded and fitted to the avatar's own responses
-    (:func:`avatar_response_spans`, :func:`flexavatar.motion.calibration_for_avatar`)."""
+    (:func:`avatar_response_spans`, :func:`flexavatar.motion.calibration_for_avatar`). The fit is
+    kept for the last :data:`FITTED_CALIBRATIONS` avatars (by content, network and calibration
+    file): driving one avatar again (another clip, the live tab after a reenactment) skips its
+    52 renders."""
     if isinstance(calibration, MotionCalibration):
         return calibration
-    loaded = load_calibration(calibration)
-    return calibration_for_avatar(loaded, avatar_response_spans(model, avatar, loaded))
+    loaded = load_calibration(calibration)  # cached by path and modification time
+    key = (avatar.checksum(), model.model_id(), id(loaded))
+    with _FITTED_LOCK:
+        if key in _FITTED:
+            _FITTED.move_to_end(key)
+            return _FITTED[key][1]
+    fitted = calibration_for_avatar(loaded, avatar_response_spans(model, avatar, loaded))
+    with _FITTED_LOCK:
+        _FITTED[key] = (loaded, fitted)  # the loaded one is held too: its id stays its own
+        while len(_FITTED) > FITTED_CALIBRATIONS:
+            _FITTED.popitem(last=False)
+    return fitted
 

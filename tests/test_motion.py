@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from flexavatar import pipeline
+from flexavatar import closed_loop, pipeline
 from flexavatar.__main__ import main
-from flexavatar.closed_loop import avatar_response_spans, measured_pose_bias
+from flexavatar.closed_loop import avatar_calibration, avatar_response_spans, measured_pose_bias
 from flexavatar.eval.motion import (
     MIN_RELIABILITY,
     driver_reliability,
@@ -22,6 +22,7 @@ from flexavatar.eval.motion import (
     motion_metrics,
 )
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
+from flexavatar.model.avatar import load_avatar
 from flexavatar.motion import (
     LIP_CLOSED_GAP,
     LIP_OPEN_GAP,
@@ -364,6 +365,25 @@ def test_avatar_response_spans_measure_this_avatar(model, astronaut):
     assert spans[calibration.names.index("jawOpen")] > 0.3
     assert spans[calibration.names.index("mouthSmileLeft")] > 0.3
     assert spans[calibration.names.index("mouthPucker")] > 0.3  # at its shape gain of 2
+
+
+def test_an_avatar_driven_again_reuses_its_fitted_calibration(model, astronaut, tmp_path, monkeypatch):
+    """The 52 renders of the per-avatar fit run once per avatar (and network and calibration
+    file): again for the same avatar, loaded back from its file too, they do not; a different
+    avatar or a changed calibration file is fitted anew."""
+    calls = []
+    measure = closed_loop.avatar_response_spans
+    monkeypatch.setattr(closed_loop, "avatar_response_spans", lambda *a: calls.append(1) or measure(*a))
+    monkeypatch.setattr(closed_loop, "_FITTED", closed_loop.OrderedDict())
+    first = avatar_calibration(model, astronaut)
+    assert avatar_calibration(model, astronaut) is first
+    assert avatar_calibration(model, load_avatar(astronaut.save(tmp_path / "a.avatar"))) is first
+    assert len(calls) == 1
+    other = dataclasses.replace(astronaut, source_expression=astronaut.source_expression * 0.5)
+    assert avatar_calibration(model, other) is not first and len(calls) == 2
+    copy = tmp_path / "calibration.json"
+    load_calibration().save(copy)
+    assert avatar_calibration(model, astronaut, copy) is not first and len(calls) == 3
 
 
 def test_turn_gain_makes_a_head_turn_retrack_at_its_size(model, astronaut):

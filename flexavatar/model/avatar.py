@@ -95,11 +95,9 @@ class Avatar:
             model_id=self.model_id if self.model_id == other.model_id else f"{self.model_id}+{other.model_id}",
         )
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a ``.avatar`` (safetensors) file atomically; returns the path."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
+    def contents(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """What a ``.avatar`` file holds: the tensors (:data:`TENSOR_NAMES`, float32 on the CPU) and
+        the metadata (without its checksum)."""
         camera = self.source_camera
         tensors = {
             "identity": self.identity,
@@ -117,6 +115,19 @@ class Avatar:
             "model_id": self.model_id,
             "source_size": json.dumps([camera.width, camera.height]),
         }
+        return tensors, metadata
+
+    def checksum(self) -> str:
+        """SHA-256 of the avatar's content (:func:`content_checksum`): equal avatars, equal digests,
+        also after a save and load."""
+        return content_checksum(*self.contents())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a ``.avatar`` (safetensors) file atomically; returns the path."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors, metadata = self.contents()
         metadata["sha256"] = content_checksum(tensors, metadata)
         tmp = path.with_name(path.name + ".tmp")
         try:
