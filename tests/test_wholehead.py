@@ -15,10 +15,20 @@ import torch.nn.functional as F
 
 from flexavatar.eval.wholehead import PUBLIC_PHOTOS, evaluate_photo, fit_photo, head_parts, turntable_check
 from flexavatar.head.atlas import REGION_INDEX, mirror_texels
-from flexavatar.model.field import ATTRIBUTE_SLICES
-from flexavatar.model.hair import (CHIN, MAX_HEIGHT_M, MAX_INSET_M, NAPE_BLEND_M, STRAND_ACROSS, STRAND_ALONG,
-                                   STRAND_CONTRAST_RANGE, UPPER_LIP, hair_contrast, lone_texels)  # fmt: skip
 from flexavatar.model import hair
+from flexavatar.model.field import ATTRIBUTE_SLICES
+from flexavatar.model.hair import (
+    CHIN,
+    MAX_HEIGHT_M,
+    MAX_INSET_M,
+    NAPE_BLEND_M,
+    STRAND_ACROSS,
+    STRAND_ALONG,
+    STRAND_CONTRAST_RANGE,  # fmt: skip
+    UPPER_LIP,
+    hair_contrast,
+    lone_texels,
+)
 from flexavatar.model.network import FACING_GROW
 from flexavatar.video import iter_frames
 
