@@ -33,13 +33,13 @@ import torch
 from flexavatar import pipeline
 from flexavatar.assets import SHIPPED_WEIGHTS
 from flexavatar.closed_loop import render_expressions, retrack
+from flexavatar.framing import driving_cameras
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel
 from flexavatar.motion import (
     CALIBRATION_FILE,
     SHAPE_GAINS,
     MotionCalibration,
-    driving_cameras,
     scores_to_ict,
 )
 from flexavatar.rotations import matrix_to_axis_angle

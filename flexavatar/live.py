@@ -25,11 +25,11 @@ import torch
 
 from flexavatar.closed_loop import avatar_calibration
 from flexavatar.errors import InvalidInputError
+from flexavatar.framing import driving_cameras
 from flexavatar.head.blendshapes import NUM_EXPRESSIONS, mediapipe_to_ict
 from flexavatar.model import Avatar, FlexAvatarModel
 from flexavatar.motion import (
     MotionCalibration,
-    driving_cameras,
     driving_expressions,
     rest_expression,
 )

@@ -24,13 +24,13 @@ from flexavatar.camera import Camera, focal_from_fov, orbit_camera
 from flexavatar.closed_loop import avatar_calibration, measured_pose_bias
 from flexavatar.errors import InvalidInputError
 from flexavatar.export import save_ply
+from flexavatar.framing import driving_cameras
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
 from flexavatar.model.network import DeformCache
 from flexavatar.motion import (
     POSE_BIAS_SHRINK,
     MotionCalibration,
-    driving_cameras,
     driving_expressions,
     rest_expression,
 )

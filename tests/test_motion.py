@@ -21,14 +21,13 @@ from flexavatar.eval.motion import (
     key_scores,
     motion_metrics,
 )
+from flexavatar.framing import MAX_SHIFT_FRACTION, driving_cameras
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model.avatar import load_avatar
 from flexavatar.motion import (
     LIP_CLOSED_GAP,
     LIP_OPEN_GAP,
-    MAX_SHIFT_FRACTION,
     POSE_BIAS_SHRINK,
-    driving_cameras,
     driving_expressions,
     end_gaze_with_blinks,
     expression_pose_bias,
