@@ -80,8 +80,9 @@ BLINK_SCORES = ("eyeBlinkLeft", "eyeBlinkRight")
 #: seconds from one: a frame at 30 fps) an eye looks down at most its local level plus
 #: BLINK_GAZE_GAIN x the blink's weight. eval --motion (public rows; held-out photos x clips):
 #: blink r means 0.838 -> 0.849, 0.770 -> 0.789; r_key 0.883 -> 0.887, 0.897 -> 0.906; APD 0.96 ->
-#: 0.90°, 0.86 -> 0.75°; AED unchanged (0.0384 -> 0.0383, 0.0464). Gains 1.5 and 3 and a margin of
-#: 2 frames measured no better (blink r 0.862/0.772, 0.843/0.763, 0.844/0.773).
+#: 0.90°, 0.86 -> 0.75°; AED unchanged (0.0384 -> 0.0383, 0.0464). A margin of 2 frames, blink r
+#: (public; held-out): gain 2 0.844, 0.773; gain 1.5 0.862, 0.772 (held-out r_key 0.898); gain 3
+#: 0.843, 0.763.
 BLINK_GAZE_GAIN = 2.0
 BLINK_GAZE_MARGIN_S = 1.0 / 30.0
 BLINK_GAZE_MIN_WEIGHT = 0.02
@@ -433,7 +434,8 @@ def calibration_for_avatar(calibration: MotionCalibration, spans: np.ndarray) ->
 def expression_pose_bias(calibration: MotionCalibration, expressions: np.ndarray, rest: np.ndarray) -> np.ndarray:
     """[T,3] axis-angle (radians, camera frame): how much the tracker will see the avatar's head
     rotated by its expressions [T,57] beyond its rest expression [57] (:meth:`MotionCalibration.pose_bias`).
-    :func:`~flexavatar.framing.driving_cameras` takes it out, so the head turns as the driver's does, not more when it smiles.
+    :func:`~flexavatar.framing.driving_cameras` takes it out, so the head turns as the driver's does,
+    not more when it smiles.
     Shrunk by :data:`POSE_BIAS_SHRINK`: the bias is the median of a few calibration avatars."""
     names = calibration.names
     gains = calibration.shape_gains

@@ -63,10 +63,11 @@ MAX_INSET_M = 0.04
 LIFT_ERODE = 7
 INSET_STEPS = 16
 #: A kept surface texel needs this fraction of the atlas texels in its SPECK_WINDOW x SPECK_WINDOW
-#: UV neighbourhood kept too, else it is cut: the head mask's ragged edge at a collar leaves single texels of
-#: the neck standing among cut ones, and each renders as a dark dot floating beside the neck
-#: (astronaut.png: 3 in every reenactment frame). One pass: repeated, it eats into a collar band
-#: the head mask does hold (astronaut.png head PSNR 19.79 -> 18.82 dB, one pass 19.55).
+#: UV neighbourhood kept too, else it is cut: the head mask's ragged edge at a collar leaves
+#: single texels of the neck standing among cut ones, and each renders as a dark dot floating
+#: beside the neck (astronaut.png: 3 in every reenactment frame). One pass: repeated, it eats
+#: into a collar band the head mask does hold (astronaut.png head PSNR 19.79 -> 18.82 dB, one
+#: pass 19.55).
 SPECK_WINDOW = 5
 MIN_KEPT_FRACTION = 0.25
 #: Opacity logit added where a texel lies outside the visual hull (sigmoid(logit(0.99) - 12) < 0.001).
