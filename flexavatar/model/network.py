@@ -38,6 +38,16 @@ COLOUR_DELTA_FULL_FACING_INV = 20.0
 #: Texels within FACING_GROW // 2 of a faced one keep the correction: a small head turn shows the
 #: silhouette's rim (single_face.mp4's held-out frames: 21.51 dB without the grow, 21.55 with).
 FACING_GROW = 5
+#: On face-chart texels the inputs barely cover (coverage below 1 / SMOOTH_FULL_COVERAGE_INV)
+#: the network's colour correction is low-passed (:func:`smooth_where_unseen`): on a face unlike
+#: its training faces it is large and noisy (|delta| mean 0.05 on face_noface.mov's person,
+#: 0.015-0.026 on the public photos, which it was trained on), and turntables showed the sides of
+#: the face as grey-white speckle. Its low frequencies stay: gating it off there instead cost
+#: 0.1-0.4 dB on held-out frames, which show cheeks a frontal source sees only at grazing angles.
+#: The hair chart keeps its correction (low-passed too, held-out frames lost 0.19 dB), and so do
+#: the eyelids (low-passed, held-out blink r of 2 photos x 2 clips fell 0.64-0.71 -> 0.31-0.66).
+SMOOTH_WINDOW = 3
+SMOOTH_FULL_COVERAGE_INV = 20.0
 
 
 @dataclass
@@ -64,6 +74,20 @@ class DeformCache:
     template: torch.Tensor
     identity_offsets: torch.Tensor
     expression_basis: torch.Tensor
+
+
+def smooth_where_unseen(delta: torch.Tensor, coverage: torch.Tensor, chart: torch.Tensor) -> torch.Tensor:
+    """[B,C,R,R] UV maps, coverage [B,1,R,R] in [0,1], chart mask [1,R,R] -> [B,C,R,R]: on the
+    chart, the maps low-passed (two :data:`SMOOTH_WINDOW` box passes, normalised by the chart so
+    nothing leaks across its edge) where coverage is 0, blending back to them as they are at
+    coverage 1 / :data:`SMOOTH_FULL_COVERAGE_INV`; off the chart, unchanged."""
+    def box(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, SMOOTH_WINDOW, 1, SMOOTH_WINDOW // 2, count_include_pad=False)
+
+    chart = chart[None].to(delta)
+    seen = (coverage * SMOOTH_FULL_COVERAGE_INV).clamp(max=1.0)
+    smooth = box(box(delta * chart)) / box(box(chart)).clamp_min(1e-6)
+    return torch.where(chart > 0.5, seen * delta + (1 - seen) * smooth, delta)
 
 
 class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
@@ -197,7 +221,12 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         base[:, colour] = evidence[None, :3]
         faced = self.atlas.scatter((facing * COLOUR_DELTA_FULL_FACING_INV).clamp(max=1.0)[None, :, None])
         faced = F.max_pool2d(faced, FACING_GROW, 1, FACING_GROW // 2)[0]
-        static_delta = torch.cat([static_delta[:, : colour.start], static_delta[:, colour] * faced,
+        # eyelids keep theirs: the skin a blink uncovers is hidden in an open-eyed photo too, and
+        # its learned colour is what makes a closed lid read as closed
+        skin = self.atlas.scatter((self.atlas.region_mask("face") & ~self.eyelid).to(faced)[None, :, None])[0]
+        # smoothed after the facing gate, and kept off what that gate drops (nothing spreads there)
+        colour_delta = smooth_where_unseen(static_delta[:, colour] * faced, evidence[3:4][None], skin) * (faced > 0)
+        static_delta = torch.cat([static_delta[:, : colour.start], colour_delta,
                                   static_delta[:, colour.stop :]], 1)  # fmt: skip
         static_maps = (base + static_delta) * self.atlas.mask
         return Avatar(
