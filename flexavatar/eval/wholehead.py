@@ -38,9 +38,9 @@ PUBLIC_PHOTOS = ("astronaut.png", "single_face.jpg", "0-f1-su-ph.jpg", "0-f15-ha
 TURNTABLE_FRAMES = 24
 TURNTABLE_RESOLUTION = 256
 QUARTER_DEG = 45.0
+TURNTABLE_ELEVATION_DEG = 10.0  # the app's turntable elevation
 #: Face-chart texels under this evidence coverage count as unseen in :func:`unseen_skin_speckle`.
 UNSEEN_COVERAGE = 0.05
-TURNTABLE_ELEVATION_DEG = 10.0  # the app's turntable elevation
 
 
 def head_parts(model, crops, masks, cameras, identity, expressions) -> PersonParts:

@@ -45,7 +45,8 @@ FACING_GROW = 5
 #: the face as grey-white speckle. Its low frequencies stay: gating it off there instead cost
 #: 0.1-0.4 dB on held-out frames, which show cheeks a frontal source sees only at grazing angles.
 #: The hair chart keeps its correction (low-passed too, held-out frames lost 0.19 dB), and so do
-#: the eyelids (low-passed, held-out blink r of 2 photos x 2 clips fell 0.64-0.71 -> 0.31-0.66).
+#: the eyelids (low-passed, eval --motion held-out r_key fell 0.906 -> 0.885, one photo's blink r
+#: on single_face.mp4 0.69 -> 0.31).
 SMOOTH_WINDOW = 3
 SMOOTH_FULL_COVERAGE_INV = 20.0
 
