@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from flexavatar.errors import InvalidInputError
+from flexavatar.eval.wholehead import fit_photo
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.images import read_image
 from flexavatar.rotations import rotation_angle_deg
@@ -20,6 +21,7 @@ from flexavatar.tracking import (
     track_video,
 )
 from flexavatar.tracking import correspondence as correspondence_module
+from flexavatar.tracking.crop import seen_or_below
 from flexavatar.tracking.filters import OneEuroFilter, smooth_sequence
 from flexavatar.tracking.pose import mediapipe_focal_px, mediapipe_to_head_pose
 from flexavatar.tracking.video_track import drop_short_runs, fill_gaps
@@ -148,6 +150,28 @@ def test_crop_framing_consistent_across_resolutions(astronaut, astronaut_detecti
 
 
 # --------------------------------------------------------------------------- correspondence
+
+
+def test_the_person_mask_is_cut_beside_and_above_the_photo():
+    """A crop past the photo's edges: the mask is 0 beside and above the photo (nothing was seen
+    there), and goes on below it (the body does)."""
+    weight = seen_or_below((100, 80), (-20.0, -10.0, 120.0), 120)  # 1 px per source px
+    assert weight[:10].max() == 0.0 and weight[:, :20].max() == 0.0 and weight[:, 100:].max() == 0.0
+    assert weight[10:, 20:100].min() == 1.0  # the photo, and the 10 rows below it
+
+
+def test_a_portrait_cut_through_the_crown_grows_no_tower(shipped_model, shared_media):
+    """astronaut.png with its top 45 rows cut off: the avatar's hair ends near the photo's top
+    edge. With the mask's edge replicated upwards, half the crop above the photo was hair (0.49)."""
+    photo = read_image(str(shared_media / "astronaut.png"))[45:, 60:452]
+    fit = fit_photo(shipped_model, photo)
+    crop = fit_head([photo], resolution=shipped_model.config.crop_size).crops[0]
+    with torch.no_grad():
+        avatar = shipped_model.encode(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
+        _, alpha = shipped_model.render(avatar, fit["cameras"], fit["expressions"])
+    above = seen_or_below(photo.shape[:2], crop.crop_box, crop.resolution)[:, crop.resolution // 2] == 0
+    assert above.sum() > 20  # the crop reaches well above the photo
+    assert (alpha[0, above, :, 0] > 0.5).float().mean() < 0.15
 
 
 def test_correspondence_geometry():

@@ -14,7 +14,8 @@ centimetre and its 3D rotation, so
 
 Both depend on the face's 3D scale and pose, not on the 2D landmark box, so the framing
 does not breathe when the head turns or the mouth opens. Outside the image the crop is
-padded by replicating the edge pixels (and the mask's edge).
+padded by replicating the edge pixels; the person mask is replicated below the image (the body
+goes on) and 0 beside and above it (:func:`seen_or_below`).
 """
 
 from __future__ import annotations
@@ -136,6 +137,21 @@ def warp_crop(
     )
 
 
+def seen_or_below(image_size: tuple[int, int], crop_box, resolution: int) -> np.ndarray:
+    """[R,R] float32: 1 where the crop shows the image or lies below it, 0 where it lies beside or
+    above it. The person mask is cut there: edge-replicated, a photo cropped through the hair grew
+    a streaked wing of hair to the crop's edge (a tight portrait: source-view IoU 0.84 -> 0.95,
+    head PSNR 10.5 -> 17.0 dB) and one cropped through the crown a tower of it. Below the image
+    the body goes on, and the replicated neck and shoulders are what the head mask expects
+    (cutting them too cost 0-f15-hao-ph.jpg 3 dB of head PSNR)."""
+    height, width = image_size
+    x0, y0, side = crop_box
+    centres = (np.arange(resolution) + 0.5) * side / resolution  # source offset of each row/column
+    beside = (x0 + centres < 0) | (x0 + centres >= width)  # [R] columns
+    above = y0 + centres < 0  # [R] rows
+    return (~(above[:, None] | beside[None, :])).astype(np.float32)
+
+
 def apply_background(image: np.ndarray, mask: np.ndarray, background=BACKGROUND_RGB) -> np.ndarray:
     """Blend uint8 [H,W,3] over a flat ``background`` colour with mask [H,W] in [0,1]."""
     alpha = mask[..., None].astype(np.float32)
@@ -154,7 +170,7 @@ def crop_head(image: np.ndarray, detection: FaceDetection, resolution: int = 256
     affine = source_to_crop_affine(box, resolution)
     crop_image = warp_crop(image, box, resolution)
     crop_mask = warp_crop(detection.person_mask.astype(np.float32), box, resolution)
-    crop_mask = np.clip(crop_mask, 0.0, 1.0)
+    crop_mask = np.clip(crop_mask, 0.0, 1.0) * seen_or_below(image.shape[:2], box, resolution)
     landmarks = detection.landmarks[:, :2].astype(np.float64) @ affine[:, :2].T + affine[:, 2]
     return HeadCrop(
         image=crop_image,
