@@ -149,9 +149,6 @@ def test_crop_framing_consistent_across_resolutions(astronaut, astronaut_detecti
     assert np.abs(down - crop256.image.astype(np.float32)).mean() < 6.0
 
 
-# --------------------------------------------------------------------------- correspondence
-
-
 def test_the_person_mask_is_cut_beside_and_above_the_photo():
     """A crop past the photo's edges: the mask is 0 beside and above the photo (nothing was seen
     there), and goes on below it (the body does)."""
@@ -172,6 +169,9 @@ def test_a_portrait_cut_through_the_crown_grows_no_tower(shipped_model, shared_m
     above = seen_or_below(photo.shape[:2], crop.crop_box, crop.resolution)[:, crop.resolution // 2] == 0
     assert above.sum() > 20  # the crop reaches well above the photo
     assert (alpha[0, above, :, 0] > 0.5).float().mean() < 0.15
+
+
+# --------------------------------------------------------------------------- correspondence
 
 
 def test_correspondence_geometry():
