@@ -145,6 +145,11 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         blinks[0, EXPRESSION_INDEX["eyeBlink_L"]] = blinks[1, EXPRESSION_INDEX["eyeBlink_R"]] = 1.0
         blink_meshes = self.head.vertices(None, blinks)
         self.register_buffer("eyelid", eyelid_texels(self.atlas, neutral, blink_meshes), persistent=False)
+        # [1,R,R] where encode low-passes the colour correction on unseen texels
+        # (smooth_where_unseen): face skin; eyelids keep theirs, because the skin a blink uncovers
+        # is hidden in an open-eyed photo too, and its learned colour makes a closed lid read closed
+        smoothed = self.atlas.region_mask("face") & ~self.eyelid
+        self.register_buffer("smoothed_chart", self.atlas.scatter(smoothed.float()[None, :, None])[0], persistent=False)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -222,11 +227,9 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         base[:, colour] = evidence[None, :3]
         faced = self.atlas.scatter((facing * COLOUR_DELTA_FULL_FACING_INV).clamp(max=1.0)[None, :, None])
         faced = F.max_pool2d(faced, FACING_GROW, 1, FACING_GROW // 2)[0]
-        # eyelids keep theirs: the skin a blink uncovers is hidden in an open-eyed photo too, and
-        # its learned colour is what makes a closed lid read as closed
-        skin = self.atlas.scatter((self.atlas.region_mask("face") & ~self.eyelid).to(faced)[None, :, None])[0]
         # smoothed after the facing gate, and kept off what that gate drops (nothing spreads there)
-        colour_delta = smooth_where_unseen(static_delta[:, colour] * faced, evidence[3:4][None], skin) * (faced > 0)
+        colour_delta = smooth_where_unseen(static_delta[:, colour] * faced, evidence[3:4][None],
+                                           self.smoothed_chart) * (faced > 0)  # fmt: skip
         static_delta = torch.cat([static_delta[:, : colour.start], colour_delta,
                                   static_delta[:, colour.stop :]], 1)  # fmt: skip
         static_maps = (base + static_delta) * self.atlas.mask
