@@ -92,6 +92,50 @@ def test_multi_face_takes_largest_with_warning(shared_media):
     assert det.face_width > 100
 
 
+def test_a_group_photo_keeps_only_its_subjects_part_of_the_person_mask(shared_media):
+    # Selfie segmentation finds every person; the neighbours' heads touch the subject's and used to
+    # join the avatar's hair. multi_face.jpg: MediaPipe finds two of its five faces.
+    from flexavatar.tracking.detect import (
+        create_landmarker,
+        landmark_box,
+        landmarks_to_pixels,
+        mp_image,
+        person_mask,
+    )
+
+    image = read_image(shared_media / "multi_face.jpg")
+    det = detect_face(image, "multi_face.jpg")
+    landmarker = create_landmarker()
+    try:
+        faces = landmarker.detect(mp_image(image)).face_landmarks
+    finally:
+        landmarker.close()
+    boxes = [landmark_box(landmarks_to_pixels(f, image.shape[1], image.shape[0])) for f in faces]
+    other = next(b for b in boxes if abs(b[0] - det.face_box[0]) > 1.0)  # the face not chosen
+    whole = person_mask(image)
+
+    def at_centre(mask, box):
+        return float(mask[int((box[1] + box[3]) / 2), int((box[0] + box[2]) / 2)])
+
+    assert at_centre(whole, other) > 0.9  # the neighbour is a person...
+    assert at_centre(det.person_mask, other) < 0.05  # ...but not this avatar's
+    assert at_centre(det.person_mask, det.face_box) > 0.9
+    # the subject's own hair and shoulders stay: nothing is cut on the far side from the neighbour
+    far_side = slice(int(det.face_box[2]), image.shape[1])
+    np.testing.assert_array_equal(det.person_mask[:, far_side], whole[:, far_side])
+
+
+def test_own_person_mask_hands_over_halfway_between_faces_of_equal_size():
+    from flexavatar.tracking.detect import own_person_mask
+
+    mask = np.ones((50, 200), np.float32)
+    boxes = [(20.0, 10.0, 60.0, 40.0), (140.0, 10.0, 180.0, 40.0)]  # centres x 40 and 160, width 40
+    own = own_person_mask(mask, boxes, 0)
+    assert own[25, 40] == 1.0 and own[25, 160] == 0.0 and own[25, 100] == pytest.approx(0.5, abs=0.02)
+    np.testing.assert_array_equal(own + own_person_mask(mask, boxes, 1), mask)  # a partition
+    assert own_person_mask(mask, boxes[:1], 0) is mask  # one face: untouched
+
+
 def test_bw_picture_gives_clear_error(shared_media):
     # Decision: MediaPipe finds no face in this grainy, shouting 3/4-profile war photo (not even on a
     # crop around the head), so it is refused with the "no face" message rather than fitted badly.

@@ -26,6 +26,9 @@ MIN_FACE_PX = 48
 MAX_FACES = 5
 #: The person mask is computed at most at this size (long side) and resized up: it is coarse anyway.
 MASK_MAX_SIDE = 512
+#: With several faces, a pixel of the person mask belongs to the face nearest to it, distances in
+#: face widths (:func:`own_person_mask`); the handover between two faces ramps over this many.
+MASK_HANDOVER_WIDTHS = 0.15
 
 
 @dataclass
@@ -39,7 +42,8 @@ class FaceDetection:
     transform: [4,4] float32 MediaPipe facial transformation matrix: canonical face mesh (cm)
         -> MediaPipe metric camera space (cm, OpenGL axes: camera looks down -z, y up); see
         :mod:`flexavatar.tracking.pose` for the conversion to OpenCV metres.
-    person_mask: [H,W] float32 in [0,1], 1 = person (selfie segmentation).
+    person_mask: [H,W] float32 in [0,1], 1 = person (selfie segmentation; with several faces, only
+        the part nearest this one, :func:`own_person_mask`).
     face_box: (x0, y0, x1, y1) float, image pixels, box of the 478 landmarks.
     image_size: (height, width) of the image the detection refers to.
     num_faces: how many faces MediaPipe found.
@@ -225,6 +229,28 @@ def person_mask(image: np.ndarray, segmenter=None) -> np.ndarray:
     return np.clip(mask, 0.0, 1.0)
 
 
+def own_person_mask(mask: np.ndarray, boxes: list[tuple[float, float, float, float]], own: int) -> np.ndarray:
+    """[H,W] float32 the part of a person mask [H,W] that belongs to face ``own`` of ``boxes``
+    (landmark boxes, image pixels): selfie segmentation finds every person, and in a group photo the
+    neighbours' heads touch the subject's and join the avatar's hair. Each pixel goes to the face
+    whose centre is nearest in units of that face's width (a small face in the background claims a
+    small region, the subject's long hair stays its own), with a linear handover of
+    :data:`MASK_HANDOVER_WIDTHS`. Faces the detector misses are not cut out."""
+    if len(boxes) < 2:
+        return mask
+    height, width = mask.shape
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+
+    def widths_away(box) -> np.ndarray:  # [H,W] distance to the box centre in box widths
+        x0, y0, x1, y1 = box
+        return np.hypot(cols - (x0 + x1) / 2, rows - (y0 + y1) / 2) / max(x1 - x0, 1.0)
+
+    mine = widths_away(boxes[own])
+    nearest_other = np.min([widths_away(b) for i, b in enumerate(boxes) if i != own], axis=0)
+    keep = np.clip(0.5 + (nearest_other - mine) / MASK_HANDOVER_WIDTHS, 0.0, 1.0)
+    return (mask * keep).astype(np.float32)
+
+
 def _check_image_array(image: np.ndarray, name: str) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise TypeError(
@@ -271,6 +297,8 @@ def detect_face(image: np.ndarray, name: str = "image", with_mask: bool = True) 
         )
     blendshapes = blendshape_scores(result.face_blendshapes[best])
     mask = person_mask(image) if with_mask else np.ones((height, width), np.float32)
+    if with_mask:
+        mask = own_person_mask(mask, [landmark_box(face) for face in all_landmarks], best)
     return FaceDetection(
         landmarks=landmarks,
         blendshapes=blendshapes,
