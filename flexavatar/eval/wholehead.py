@@ -13,7 +13,9 @@ For each photo, the avatar is made feed-forward (and optionally refined) and mea
   to the front views: the total variation of the chroma (each pixel's colour minus its grey)
   inside the rendered head, back quarter / front quarter;
 * in UV: the speckle of the skin no input covers (:func:`unseen_skin_speckle`), what the sides
-  of the face show on a turntable of a frontal photo.
+  of the face show on a turntable of a frontal photo;
+* on the turntable's side quarters (azimuth within 45° of 90° and 270°): the bright specks, per
+  mille of the rendered head's pixels (:func:`bright_specks`): skin showing through the hair.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ QUARTER_DEG = 45.0
 TURNTABLE_ELEVATION_DEG = 10.0  # the app's turntable elevation
 #: Face-chart texels under this evidence coverage count as unseen in :func:`unseen_skin_speckle`.
 UNSEEN_COVERAGE = 0.05
+#: :func:`bright_specks`: a pixel this much brighter (mean RGB in [0,1]) than the median of its
+#: SPECK_WINDOW x SPECK_WINDOW neighbourhood, inside the rendered head (alpha above SPECK_ALPHA).
+SPECK_CONTRAST = 0.15
+SPECK_WINDOW = 5
+SPECK_ALPHA = 0.9
 
 
 def head_parts(model, crops, masks, cameras, identity, expressions) -> PersonParts:
@@ -98,6 +105,18 @@ def unseen_skin_speckle(model, avatar, fit: dict) -> float:
     return float((colour - median).abs().mean(0)[unseen].mean()) if unseen.any() else 0.0
 
 
+def bright_specks(rgb: np.ndarray, alpha: np.ndarray) -> float:
+    """Per mille of the head's pixels (alpha [F,H,W] > :data:`SPECK_ALPHA`) in frames rgb [F,H,W,3]
+    (in [0,1]) that are isolated bright points: :data:`SPECK_CONTRAST` above the median of their
+    :data:`SPECK_WINDOW` neighbourhood (skin showing through gaps in dark hair)."""
+    from scipy.ndimage import median_filter
+
+    luminance = np.asarray(rgb, np.float32).mean(-1)
+    local = median_filter(luminance, size=(1, SPECK_WINDOW, SPECK_WINDOW))
+    head = np.asarray(alpha) > SPECK_ALPHA
+    return 1000.0 * float(((luminance - local > SPECK_CONTRAST) & head).sum()) / max(int(head.sum()), 1)
+
+
 def _azimuth_distance(azimuth: np.ndarray, centre: float) -> np.ndarray:
     return np.abs((azimuth - centre + 180.0) % 360.0 - 180.0)
 
@@ -107,7 +126,8 @@ def turntable_check(model, avatar, frames: int = TURNTABLE_FRAMES, resolution: i
     """Face found in the front / back quarter of a turntable, and back/front chroma TV.
 
     Returns {"faces_front", "faces_back"} (fractions of those quarters' frames), "tv_front",
-    "tv_back", "tv_ratio" and "frames" (uint8 [F,S,S,3], for contact sheets).
+    "tv_back", "tv_ratio", "side_specks" (:func:`bright_specks` of the side quarters) and
+    "frames" (uint8 [F,S,S,3], for contact sheets).
     """
     cameras = turntable_cameras(model, frames, elevation_deg, resolution)
     with torch.no_grad():
@@ -130,12 +150,14 @@ def turntable_check(model, avatar, frames: int = TURNTABLE_FRAMES, resolution: i
     back = _azimuth_distance(azimuth, 180.0) <= QUARTER_DEG
     tv_front = chroma_tv(rgb[torch.from_numpy(front)], alpha[torch.from_numpy(front)])
     tv_back = chroma_tv(rgb[torch.from_numpy(back)], alpha[torch.from_numpy(back)])
+    sides = (_azimuth_distance(azimuth, 90.0) <= QUARTER_DEG) | (_azimuth_distance(azimuth, 270.0) <= QUARTER_DEG)
     return {
         "faces_front": float(found[front].mean()),
         "faces_back": float(found[back].mean()),
         "tv_front": tv_front,
         "tv_back": tv_back,
         "tv_ratio": tv_back / max(tv_front, 1e-8),
+        "side_specks": bright_specks(rgb[torch.from_numpy(sides)].numpy(), alpha[torch.from_numpy(sides)][..., 0].numpy()),
         "frames": images,
     }
 
@@ -184,12 +206,12 @@ def evaluate_photo(model, photo, refine_seconds: float = 0.0) -> dict:
 
 def format_photo_table(rows: list[dict]) -> str:
     lines = [
-        "| photo | avatar | silhouette IoU ↑ | head PSNR ↑ | face PSNR ↑ | face found front ↑ | face found back ↓ | back/front chroma TV ↓ | unseen skin speckle ↓ |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| photo | avatar | silhouette IoU ↑ | head PSNR ↑ | face PSNR ↑ | face found front ↑ | face found back ↓ | back/front chroma TV ↓ | unseen skin speckle ↓ | side specks ‰ ↓ |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['photo']} | {r['name']} | {r['iou']:.3f} | {r['head_psnr']:.2f} | {r['face_psnr']:.2f} | "
-            f"{r['faces_front']:.0%} | {r['faces_back']:.0%} | {r['tv_ratio']:.2f} | {r['unseen_speckle']:.4f} |"
+            f"{r['faces_front']:.0%} | {r['faces_back']:.0%} | {r['tv_ratio']:.2f} | {r['unseen_speckle']:.4f} | {r['side_specks']:.2f} |"
         )
     return "\n".join(lines)

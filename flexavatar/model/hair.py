@@ -9,8 +9,10 @@ the view ray (the silhouette rim); where no view does (the back of the head in a
 the height is interpolated over the chart from the constrained texels (push-pull), never
 above the hull. Texels of the face and back-of-head charts whose surface point falls outside
 a view's head silhouette (a template skull wider than the person's) move inward along their
-normals until every view has them on the head (MAX_INSET_M at most); past that, and below the
-chin (a neck over a collar), they are outside the hull and become transparent.
+normals until every view has them on the head (MAX_INSET_M at most); past that, below the
+chin (a neck over a collar), and where the texel faces the view it is off in (the front of a
+template ear beyond the person's: along its normal it would only sink behind the ear), they
+are outside the hull and become transparent.
 
 Lifted hair Gaussians are strand-shaped: longer along the hair's flow (away from the crown,
 down the back and sides) than across it, so hair reads as strands rather than round blobs.
@@ -58,6 +60,9 @@ HAIR_FRONT_Z_M = 0.0
 #: inward along its normal until every view has it on the head, at most this far (metres); further
 #: than that (a neck below the collar) it is outside the hull and transparent.
 MAX_INSET_M = 0.04
+#: ...but a texel off the head in a view whose ray it faces more squarely than this (cosine) is cut,
+#: not moved: along its normal it moves away from that camera, not towards the silhouette.
+INSET_MAX_COSINE = 0.7
 #: A lifted texel's centre must lie this box (px) in from every view's silhouette edge: heights
 #: interpolated or blurred up to the edge make blobs past it (rim texels sit SHELL_MARGIN_M in).
 LIFT_ERODE = 7
@@ -141,13 +146,18 @@ def _project(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor) -> 
     return (cam @ Ks.transpose(1, 2))[..., :2] / cam[..., 2:3].clamp_min(1e-6)
 
 
-def _off_silhouette(pix: torch.Tensor, silhouettes: torch.Tensor) -> torch.Tensor:
-    """[N] bool: points at pix [V,N,2] fall off silhouettes [V,1,S,S] in some view (outside the
+def _off_silhouette_per_view(pix: torch.Tensor, silhouettes: torch.Tensor) -> torch.Tensor:
+    """[V,N] bool: points at pix [V,N,2] fall off silhouettes [V,1,S,S] in that view (outside the
     crop nothing is known: such a point is kept)."""
     size = silhouettes.shape[-1]
     grid = (pix / size * 2 - 1)[:, :, None] * size / (size + 2)
     on = F.grid_sample(F.pad(silhouettes, (1, 1, 1, 1), value=1.0), grid, align_corners=False)
-    return (on[:, 0, :, 0] < 0.5).any(0)
+    return on[:, 0, :, 0] < 0.5
+
+
+def _off_silhouette(pix: torch.Tensor, silhouettes: torch.Tensor) -> torch.Tensor:
+    """[N] bool: points at pix [V,N,2] fall off silhouettes [V,1,S,S] in some view."""
+    return _off_silhouette_per_view(pix, silhouettes).any(0)
 
 
 def inset_depths(points: torch.Tensor, normals: torch.Tensor, silhouettes: torch.Tensor, viewmats, Ks) -> torch.Tensor:
@@ -283,7 +293,8 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     # a surface point is cut when it is off the head in some view (one pixel in from the
     # silhouette's edge: the shell of Gaussians reaches a little beyond its centres)
     eroded = -F.max_pool2d(-silhouettes, 3, 1, 1)
-    outside = _off_silhouette(pix, eroded)
+    off_per_view = _off_silhouette_per_view(pix, eroded)  # [V,N]
+    outside = off_per_view.any(0)
     grid = (pix / size * 2 - 1)[:, :, None]
     # where a view sees the surface itself as skin (face, neck, ears), there is no hair on it
     skin = F.grid_sample(parts.skin, grid, mode="bilinear", align_corners=False)[:, 0, :, 0]  # [V,N]
@@ -306,7 +317,12 @@ def whole_head(atlas, landmark_ids, neutral, vertices, images, masks, viewmats, 
     # no hole beside the ear); below the chin (a neck, a collar) and where it stays off, it is cut
     carved = (atlas.region == REGION_INDEX["back_head"]) | (atlas.region == REGION_INDEX["face"])
     depth = inset_depths(points, normals, eroded, viewmats, Ks)
-    inset = outside & carved & ~neck & torch.isfinite(depth)
+    # ...but not a surface that faces the view it is off in (the front of a template ear beyond
+    # the person's): along its normal it only sinks away from the camera, up to MAX_INSET_M, and
+    # perspective alone brings it onto the head, 2-4 cm behind the ear, where it shows through the
+    # hair as skin-coloured specks
+    faces_off = (off_per_view & (cosine > INSET_MAX_COSINE)).any(0)
+    inset = outside & carved & ~neck & torch.isfinite(depth) & ~faces_off
     heights = torch.where(inset, -depth.nan_to_num(posinf=0.0), heights)
     outside = outside & ~inset
     # a lifted texel whose centre some view shows off the head, or at its edge (heights
