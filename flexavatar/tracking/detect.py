@@ -246,7 +246,10 @@ def own_person_mask(mask: np.ndarray, boxes: list[tuple[float, float, float, flo
         return np.hypot(cols - (x0 + x1) / 2, rows - (y0 + y1) / 2) / max(x1 - x0, 1.0)
 
     mine = widths_away(boxes[own])
-    nearest_other = np.min([widths_away(b) for i, b in enumerate(boxes) if i != own], axis=0)
+    nearest_other = np.full_like(mine, np.inf)
+    for i, box in enumerate(boxes):  # over the other faces (at most MAX_FACES); a running minimum
+        if i != own:
+            np.minimum(nearest_other, widths_away(box), out=nearest_other)
     keep = np.clip(0.5 + (nearest_other - mine) / MASK_HANDOVER_WIDTHS, 0.0, 1.0)
     return (mask * keep).astype(np.float32)
 
