@@ -2,20 +2,22 @@
 
 The motion calibration (:mod:`flexavatar.calibration`) measures many avatars once; these
 measure the avatar being driven, before it is driven: how far each score moves at full weight
-(:func:`avatar_response_spans`, for :func:`flexavatar.motion.calibration_for_avatar`) and the
-head rotation MediaPipe sees in the clip's own expressions (:func:`measured_pose_bias`).
+(:func:`avatar_response_spans`, for :func:`flexavatar.motion.calibration_for_avatar`), how far
+its neutral eyes must open to re-track open (:func:`rest_eye_opening`), and the head rotation
+MediaPipe sees in the clip's own expressions (:func:`measured_pose_bias`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from flexavatar.errors import InvalidInputError
-from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
+from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar
 from flexavatar.motion import MotionCalibration, calibration_for_avatar, load_calibration, scores_to_ict
 from flexavatar.rotations import matrix_to_axis_angle
@@ -28,6 +30,9 @@ FITTED_CALIBRATIONS = 16
 _FITTED: OrderedDict = OrderedDict()
 _FITTED_LOCK = threading.Lock()
 
+#: :func:`rest_eye_opening`: the eyeWide weights rendered, and the most it opens a rest.
+REST_OPENING_STEPS = np.array([0.0, 0.5, 1.0])
+MAX_REST_OPENING = 1.0
 #: Expressions of a clip rendered and re-tracked to measure the avatar's own expression pose bias
 #: (:func:`measured_pose_bias`).
 POSE_BIAS_SAMPLES = 16
@@ -74,6 +79,37 @@ def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration)
     scores, _ = retrack(render_expressions(model, avatar, codes))
     columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in names]
     return scores[1 + np.arange(len(names)), columns] - scores[0, columns]
+
+
+def rest_eye_opening(model, avatar: Avatar, calibration: MotionCalibration) -> np.ndarray:
+    """[57] ICT weights (eyeWide of each eye, else 0) that open ``avatar``'s neutral eyes until
+    they re-track no more closed than the calibration avatars' neutral eyes (its blink response at
+    weight 0), at most :data:`MAX_REST_OPENING`. A smiling photo's eyes stay narrow in its colours
+    after the expression is removed: single_face.jpg's avatar re-tracks a blink of 0.39 at rest
+    (the astronaut's 0.07), so its blinks barely register and whatever else moves its lids reads as
+    one. :data:`REST_OPENING_STEPS` renders of both eyes opened together, interpolated per eye."""
+    offset = np.zeros(NUM_EXPRESSIONS)
+    sides = [("L", "eyeBlinkLeft"), ("R", "eyeBlinkRight")]
+    if any(name not in calibration.names for _, name in sides):
+        return offset
+    codes = np.zeros((len(REST_OPENING_STEPS), NUM_EXPRESSIONS))
+    for side, _ in sides:
+        codes[:, EXPRESSION_INDEX[f"eyeWide_{side}"]] = REST_OPENING_STEPS
+    scores, _ = retrack(render_expressions(model, avatar, codes))
+    for side, name in sides:
+        seen = scores[:, MEDIAPIPE_BLENDSHAPE_NAMES.index(name) - 1]
+        target = calibration.responses[calibration.names.index(name), 0]
+        if np.isnan(seen).any() or seen[0] <= target:
+            continue
+        # the smallest opening that re-tracks at the target (readings fall as the lids open)
+        reached = np.flatnonzero(seen <= target)
+        if len(reached):
+            k = reached[0]
+            opening = np.interp(target, [seen[k], seen[k - 1]], [REST_OPENING_STEPS[k], REST_OPENING_STEPS[k - 1]])
+        else:
+            opening = REST_OPENING_STEPS[-1]
+        offset[EXPRESSION_INDEX[f"eyeWide_{side}"]] = min(float(opening), MAX_REST_OPENING)
+    return offset
 
 
 def measured_pose_bias(model, avatar: Avatar, expressions: np.ndarray, rest: np.ndarray,
@@ -123,6 +159,7 @@ def avatar_calibration(model, avatar: Avatar, calibration=None) -> MotionCalibra
             _FITTED.move_to_end(key)
             return _FITTED[key][1]
     fitted = calibration_for_avatar(loaded, avatar_response_spans(model, avatar, loaded))
+    fitted = replace(fitted, rest_offset=rest_eye_opening(model, avatar, fitted))
     with _FITTED_LOCK:
         _FITTED[key] = (loaded, fitted)  # the loaded one is held too: its id stays its own
         while len(_FITTED) > FITTED_CALIBRATIONS:

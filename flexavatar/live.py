@@ -233,7 +233,7 @@ class LiveSession:
         if self.neutral is None or self.current is None:
             camera = driving_cameras(self.avatar, self.head_centre, np.zeros((1, 3)), np.zeros((1, 3)), True,
                                      self.resolution)[0]  # fmt: skip
-            expression = rest_expression(self.avatar, self.neutralise)
+            expression = rest_expression(self.avatar, self.neutralise, self.calibration)
         else:
             neutral_rotation, neutral_translation, neutral_expression, neutral_gap = self.neutral
             relative, translation, expression, gap = self.current

@@ -361,7 +361,7 @@ def reenact(
     calibration = avatar_calibration(model, avatar, calibration)
     expressions = driving_expressions(avatar, track.expressions, relative, neutralise, calibration, track.fps,
                                       lip_gaps=track.lip_gaps)  # fmt: skip
-    bias = POSE_BIAS_SHRINK * measured_pose_bias(model, avatar, expressions, rest_expression(avatar, neutralise))
+    bias = POSE_BIAS_SHRINK * measured_pose_bias(model, avatar, expressions, rest_expression(avatar, neutralise, calibration))
     cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution,
                               follow_translation=follow_translation, rotation_bias=bias,
                               calibration=calibration)  # fmt: skip

@@ -173,10 +173,11 @@ def test_live_head_turn_retracks_at_the_drivers_size(shipped_model, astronaut_av
 
 def test_reset_neutral_returns_to_rest(shipped_model, astronaut_avatar, driving_frames):
     """After reset_neutral the next face is the neutral: the avatar shows its rest expression."""
-    # the avatar's rest as the motion module defines it: a driver that does not move (neutralised
-    # by default, as in reenact)
-    rest = driving_expressions(astronaut_avatar, np.zeros((2, NUM_EXPRESSIONS)), True, DEFAULTS.neutralise)[-1]
     with LiveSession(astronaut_avatar, model=shipped_model) as session:
+        # the avatar's rest as the motion module defines it: a driver that does not move (neutralised
+        # by default, as in reenact), with the calibration fitted to this avatar (its rest eyes)
+        rest = driving_expressions(astronaut_avatar, np.zeros((2, NUM_EXPRESSIONS)), True, DEFAULTS.neutralise,
+                                   calibration=session.calibration)[-1]  # fmt: skip
         session.process(driving_frames[0], 0)
         moved = session.process(driving_frames[40], 40)  # the driver smiles here
         assert not np.allclose(moved.expression, rest, atol=0.05)

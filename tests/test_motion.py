@@ -25,14 +25,17 @@ from flexavatar.framing import MAX_SHIFT_FRACTION, driving_cameras
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model.avatar import load_avatar
 from flexavatar.motion import (
+    BLINK_OPENING_FADE,
     LIP_CLOSED_GAP,
     LIP_OPEN_GAP,
     POSE_BIAS_SHRINK,
+    close_opened_eyes,
     driving_expressions,
     end_gaze_with_blinks,
     expression_pose_bias,
     identity_calibration,
     load_calibration,
+    rest_expression,
     scores_to_ict,
     seal_lips,
 )
@@ -404,3 +407,32 @@ def test_turn_gain_makes_a_head_turn_retrack_at_its_size(model, astronaut):
         poses = [mediapipe_to_head_pose(detect_face(f, with_mask=False).transform, correspondence)[0] for f in frames]
         seen[name] = float(rotation_angle_deg(poses[0], poses[1]))
     assert abs(seen["calibrated"] - 15.0) < abs(seen["plain"] - 15.0), seen
+
+
+def test_a_smiling_photos_narrowed_eyes_open_at_the_neutral_rest(model, shared_media):
+    """single_face.jpg smiles: neutralised, its avatar's eyes stay narrow in their colours and
+    re-track as half closed (blink 0.39 where the astronaut's read 0.07), so a driver's blink
+    barely registers on it. The fitted calibration opens them with eyeWide until they re-track no
+    more closed than the calibration avatars' do (at most MAX_REST_OPENING); the astronaut's barely move."""
+    from flexavatar.closed_loop import render_expressions, retrack
+
+    blink = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in ("eyeBlinkLeft", "eyeBlinkRight")]
+    wide = [EXPRESSION_INDEX["eyeWide_L"], EXPRESSION_INDEX["eyeWide_R"]]
+    smiling = pipeline.create_avatar(shared_media / "single_face.jpg", model=model)
+    rest = rest_expression(smiling, True, avatar_calibration(model, smiling))
+    assert (rest[wide] > 0.3).all() and np.count_nonzero(rest) == 2
+    assert rest_expression(smiling, False, avatar_calibration(model, smiling))[wide].max() < 0.1  # its own expression
+    scores, _ = retrack(render_expressions(model, smiling, np.stack([np.zeros(NUM_EXPRESSIONS), rest])))
+    assert (scores[0, blink] - scores[1, blink] > 0.1).all()
+    astronaut = pipeline.create_avatar(shared_media / "astronaut.png", model=model)
+    assert rest_expression(astronaut, True, avatar_calibration(model, astronaut)).max() < 0.1  # already open
+
+
+def test_the_rest_lets_go_of_the_eyes_when_they_blink():
+    rest = np.zeros(NUM_EXPRESSIONS)
+    rest[[EXPRESSION_INDEX["eyeWide_L"], EXPRESSION_INDEX["eyeWide_R"]]] = 0.8
+    frames = np.repeat(rest[None], 3, axis=0).astype(np.float32)
+    frames[:, EXPRESSION_INDEX["eyeBlink_L"]] = [0.0, BLINK_OPENING_FADE / 2, 1.0]
+    out = close_opened_eyes(frames, rest)
+    np.testing.assert_allclose(out[:, EXPRESSION_INDEX["eyeWide_L"]], [0.8, 0.4, 0.0], atol=1e-6)
+    np.testing.assert_allclose(out[:, EXPRESSION_INDEX["eyeWide_R"]], 0.8, atol=1e-6)  # that eye stays open
