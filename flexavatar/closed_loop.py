@@ -19,7 +19,13 @@ import torch
 from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar
-from flexavatar.motion import MotionCalibration, calibration_for_avatar, load_calibration, scores_to_ict
+from flexavatar.motion import (
+    MotionCalibration,
+    calibration_for_avatar,
+    close_opened_eyes,
+    load_calibration,
+    scores_to_ict,
+)
 from flexavatar.rotations import matrix_to_axis_angle
 from flexavatar.tracking import detect_face
 from flexavatar.tracking.correspondence import load_correspondence
@@ -68,14 +74,17 @@ def retrack(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scores, rotations
 
 
-def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration) -> np.ndarray:
+def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration, rest: np.ndarray | None = None) -> np.ndarray:
     """[S] how far each score moves when ``avatar`` shows that score's shape(s) at calibration
-    weight 1 (times its shape gain), all else neutral: the re-tracked score minus the neutral
-    render's, from the avatar's own source camera (NaN where a render is not tracked). S + 1
-    renders and re-trackings (~2-3 s on 2 CPU cores)."""
+    weight 1 (times its shape gain) on its neutral ``rest`` [57] (default zeros; its eyes held
+    open, :func:`rest_eye_opening`, let go of in the blinks as driving does): the re-tracked score
+    minus the rest render's, from the avatar's own source camera (NaN where a render is not
+    tracked). S + 1 renders and re-trackings (~2-3 s on 2 CPU cores)."""
     names = calibration.names
+    rest = np.zeros(NUM_EXPRESSIONS) if rest is None else np.asarray(rest, np.float64)
     values = np.concatenate([np.zeros((1, len(names))), np.eye(len(names))])
-    codes = scores_to_ict(values, names, np.zeros(NUM_EXPRESSIONS), calibration.shape_gains)
+    codes = np.maximum(scores_to_ict(values, names, np.zeros(NUM_EXPRESSIONS), calibration.shape_gains), rest)
+    codes = close_opened_eyes(codes, rest)
     scores, _ = retrack(render_expressions(model, avatar, codes))
     columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in names]
     return scores[1 + np.arange(len(names)), columns] - scores[0, columns]
@@ -158,8 +167,9 @@ def avatar_calibration(model, avatar: Avatar, calibration=None) -> MotionCalibra
         if key in _FITTED:
             _FITTED.move_to_end(key)
             return _FITTED[key][1]
-    fitted = calibration_for_avatar(loaded, avatar_response_spans(model, avatar, loaded))
-    fitted = replace(fitted, rest_offset=rest_eye_opening(model, avatar, fitted))
+    opening = rest_eye_opening(model, avatar, loaded)
+    fitted = calibration_for_avatar(loaded, avatar_response_spans(model, avatar, loaded, opening))
+    fitted = replace(fitted, rest_offset=opening)
     with _FITTED_LOCK:
         _FITTED[key] = (loaded, fitted)  # the loaded one is held too: its id stays its own
         while len(_FITTED) > FITTED_CALIBRATIONS:
