@@ -36,9 +36,8 @@ FITTED_CALIBRATIONS = 16
 _FITTED: OrderedDict = OrderedDict()
 _FITTED_LOCK = threading.Lock()
 
-#: :func:`rest_eye_opening`: the eyeWide weights rendered, and the most it opens a rest.
+#: :func:`rest_eye_opening`: the eyeWide weights rendered; the last is the most it opens a rest.
 REST_OPENING_STEPS = np.array([0.0, 0.5, 1.0])
-MAX_REST_OPENING = 1.0
 #: Expressions of a clip rendered and re-tracked to measure the avatar's own expression pose bias
 #: (:func:`measured_pose_bias`).
 POSE_BIAS_SAMPLES = 16
@@ -93,7 +92,7 @@ def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration,
 def rest_eye_opening(model, avatar: Avatar, calibration: MotionCalibration) -> np.ndarray:
     """[57] ICT weights (eyeWide of each eye, else 0) that open ``avatar``'s neutral eyes until
     they re-track no more closed than the calibration avatars' neutral eyes (its blink response at
-    weight 0), at most :data:`MAX_REST_OPENING`. A smiling photo's eyes stay narrow in its colours
+    weight 0), at most the last of :data:`REST_OPENING_STEPS`. A smiling photo's eyes stay narrow in its colours
     after the expression is removed: single_face.jpg's avatar re-tracks a blink of 0.39 at rest
     (the astronaut's 0.07), so its blinks barely register and whatever else moves its lids reads as
     one. :data:`REST_OPENING_STEPS` renders of both eyes opened together, interpolated per eye."""
@@ -117,7 +116,7 @@ def rest_eye_opening(model, avatar: Avatar, calibration: MotionCalibration) -> n
             opening = np.interp(target, [seen[k], seen[k - 1]], [REST_OPENING_STEPS[k], REST_OPENING_STEPS[k - 1]])
         else:
             opening = REST_OPENING_STEPS[-1]
-        offset[EXPRESSION_INDEX[f"eyeWide_{side}"]] = min(float(opening), MAX_REST_OPENING)
+        offset[EXPRESSION_INDEX[f"eyeWide_{side}"]] = float(opening)
     return offset
 
 

@@ -393,8 +393,7 @@ def seal_lips(expressions: np.ndarray, lip_gaps: np.ndarray) -> np.ndarray:
 
 
 def _calibrated_expressions(avatar, driver, relative, neutralise, calibration, fps) -> np.ndarray:
-    """:func:`driving_expressions` before :func:`seal_lips` (same arguments)."""
-    calibration = calibration if calibration is not None else load_calibration()
+    """:func:`driving_expressions` before :func:`seal_lips` (same arguments; ``calibration`` loaded)."""
     names = calibration.names
     source = rest_expression(avatar, neutralise, calibration)
     scores = ict_to_scores(driver, names)  # [T,S] the driver's MediaPipe scores

@@ -413,7 +413,7 @@ def test_a_smiling_photos_narrowed_eyes_open_at_the_neutral_rest(model, shared_m
     """single_face.jpg smiles: neutralised, its avatar's eyes stay narrow in their colours and
     re-track as half closed (blink 0.39 where the astronaut's read 0.07), so a driver's blink
     barely registers on it. The fitted calibration opens them with eyeWide until they re-track no
-    more closed than the calibration avatars' do (at most MAX_REST_OPENING); the astronaut's barely move."""
+    more closed than the calibration avatars' do (at most eyeWide 1); the astronaut's barely move."""
     from flexavatar.closed_loop import render_expressions, retrack
 
     blink = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in ("eyeBlinkLeft", "eyeBlinkRight")]

@@ -285,10 +285,10 @@ def detect_face(image: np.ndarray, name: str = "image", with_mask: bool = True) 
             "(face visible, well lit, not too small in the frame)."
         )
     all_landmarks = [landmarks_to_pixels(face, width, height) for face in result.face_landmarks]
-    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in map(landmark_box, all_landmarks)]
+    boxes = [landmark_box(face) for face in all_landmarks]
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
     best = int(np.argmax(areas))
-    landmarks = all_landmarks[best]
-    box = landmark_box(landmarks)
+    landmarks, box = all_landmarks[best], boxes[best]
     warnings: list[str] = []
     if num_faces > 1:
         warnings.append(f"{num_faces} faces found in {name}; using the largest")
@@ -301,7 +301,7 @@ def detect_face(image: np.ndarray, name: str = "image", with_mask: bool = True) 
     blendshapes = blendshape_scores(result.face_blendshapes[best])
     mask = person_mask(image) if with_mask else np.ones((height, width), np.float32)
     if with_mask:
-        mask = own_person_mask(mask, [landmark_box(face) for face in all_landmarks], best)
+        mask = own_person_mask(mask, boxes, best)
     return FaceDetection(
         landmarks=landmarks,
         blendshapes=blendshapes,
