@@ -20,16 +20,25 @@ from flexavatar.errors import InvalidInputError
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar
 from flexavatar.motion import (
+    LIP_CLOSED_GAP,
+    LIP_OPEN_GAP,
+    POSE_BIAS_SHRINK,
     MotionCalibration,
     calibration_for_avatar,
     close_opened_eyes,
+    driver_score_changes,
+    face_part,
+    ict_limits,
+    ict_to_scores,
     load_calibration,
     scores_to_ict,
+    seal_lips,
 )
 from flexavatar.rotations import matrix_to_axis_angle
 from flexavatar.tracking import detect_face
 from flexavatar.tracking.correspondence import load_correspondence
 from flexavatar.tracking.pose import mediapipe_to_head_pose
+from flexavatar.tracking.video_track import lip_gaps as inner_lip_gaps
 
 #: Avatars whose fitted calibration :func:`avatar_calibration` keeps (a few KB each).
 FITTED_CALIBRATIONS = 16
@@ -39,8 +48,34 @@ _FITTED_LOCK = threading.Lock()
 #: :func:`rest_eye_opening`: the eyeWide weights rendered; the last is the most it opens a rest.
 REST_OPENING_STEPS = np.array([0.0, 0.5, 1.0])
 #: Expressions of a clip rendered and re-tracked to measure the avatar's own expression pose bias
-#: (:func:`measured_pose_bias`).
+#: (:func:`measured_pose_bias`) and to correct its expressions (:func:`closed_loop_expressions`).
 POSE_BIAS_SAMPLES = 16
+#: :func:`closed_loop_expressions`: rounds of render, re-track and correct. The first round steps
+#: along the avatar's fitted response; later ones along the secant through the last two readings
+#: where they moved (a pucker's reading can drop from 0.69 to 0.03 within one step: along the
+#: fitted curve the second round overshot too, and pucker r fell from 0.99 to 0.85 and 0.53).
+CORRECTION_ROUNDS = 2
+#: Each response-curve step moves a weight by this fraction of what that curve says closes the
+#: gap (it is a scaled population curve; the full step overshoots)...
+CORRECTION_DAMPING = 0.7
+#: ...and by at most this much per round (calibration weight units). At 0.3, eval --motion's
+#: held-out photos x single_face.mp4 re-tracked with 2.2° APD (0.6-0.7° without correction).
+CORRECTION_MAX_STEP = 0.15
+#: A shape is raised only where the driver shows its score (target at least this): 0-f1-su-ph.jpg's
+#: avatar re-tracks a pucker of 0.67 at rest from its photo's O-shaped lips and loses it when it
+#: smiles; raising its pucker to keep that reading made it kiss through the driver's smile
+#: (single_face.mp4: AED 0.055 -> 0.084). Lowering is always allowed.
+CORRECTION_SHOWN = 0.05
+#: The face parts corrected (:func:`flexavatar.motion.face_part`): blinks and gaze have their own
+#: handling (the blink baseline, :func:`flexavatar.motion.end_gaze_with_blinks`)...
+CORRECTION_PARTS = ("mouth", "brows")
+#: ...of which these are raised as well as lowered. A brow under hair barely re-tracks: raising it
+#: until it did lifted the held-out boy's brows to full weight, and MediaPipe read the head as
+#: pitched by 3° more (APD 0.6° -> 2.2° on single_face.mp4).
+CORRECTION_RAISED_PARTS = ("mouth",)
+#: Never corrected: the jaw's calibration already tracks the driver (jaw r 0.89-0.95 on
+#: examples/driving.mp4; corrected per sample it fell to 0.78-0.89) and mouthClose is the lip seal's.
+CORRECTION_EXCLUDED = ("jawOpen", "mouthClose")
 
 
 def render_expressions(model, avatar: Avatar, codes: np.ndarray, chunk: int = 8) -> np.ndarray:
@@ -56,12 +91,14 @@ def render_expressions(model, avatar: Avatar, codes: np.ndarray, chunk: int = 8)
     return np.concatenate(frames)
 
 
-def retrack(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def retrack(frames: np.ndarray, with_lip_gaps: bool = False):
     """[F,H,W,3] uint8 renders -> MediaPipe scores [F,S] (its 52 minus ``_neutral``) and head
     rotations [F,3,3] (OpenCV camera frame, :func:`~flexavatar.tracking.pose.mediapipe_to_head_pose`),
-    each frame tracked on its own (IMAGE mode); NaN where no face is found."""
+    each frame tracked on its own (IMAGE mode); NaN where no face is found. ``with_lip_gaps``: also
+    the inner-lip gaps [F] (:func:`~flexavatar.tracking.video_track.lip_gaps`; NaN where lost)."""
     scores = np.full((len(frames), len(MEDIAPIPE_BLENDSHAPE_NAMES) - 1), np.nan)
     rotations = np.full((len(frames), 3, 3), np.nan)
+    gaps = np.full(len(frames), np.nan)
     correspondence = load_correspondence()
     for i, frame in enumerate(frames):  # one landmarker call per frame
         try:
@@ -70,7 +107,8 @@ def retrack(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             continue
         scores[i] = found.blendshapes[1:]
         rotations[i] = mediapipe_to_head_pose(found.transform, correspondence)[0]
-    return scores, rotations
+        gaps[i] = inner_lip_gaps(found.landmarks)
+    return (scores, rotations, gaps) if with_lip_gaps else (scores, rotations)
 
 
 def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration, rest: np.ndarray | None = None) -> np.ndarray:
@@ -120,35 +158,143 @@ def rest_eye_opening(model, avatar: Avatar, calibration: MotionCalibration) -> n
     return offset
 
 
+def sample_frames(expressions: np.ndarray, rest: np.ndarray, samples: int) -> np.ndarray:
+    """[K] indices of up to ``samples`` frames of ``expressions`` [T,57] that stand for the clip:
+    frame 0 (relative motion is seen from it), then farthest-point sampling in expression space
+    from the rest [57] and the frames chosen so far (each distinct expression of the clip is one)."""
+    expressions = np.asarray(expressions, np.float64)
+    chosen: list[int] = [0] if len(expressions) and np.abs(expressions[0] - rest).max() > 1e-6 else []
+    distance = np.linalg.norm(expressions - rest, axis=1)  # [T] to the nearest sample so far
+    for index in chosen:
+        distance = np.minimum(distance, np.linalg.norm(expressions - expressions[index], axis=1))
+    while len(chosen) < min(samples, len(expressions)) and distance.max() > 1e-6:
+        chosen.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, np.linalg.norm(expressions - expressions[chosen[-1]], axis=1))
+    return np.array(chosen, dtype=np.int64)
+
+
+def blend_samples(expressions: np.ndarray, sample_codes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Every frame of ``expressions`` [T,57] takes the inverse-square-distance blend of the
+    ``values`` [K,...] of its 3 nearest ``sample_codes`` [K,57] (expression space) -> [T,...]."""
+    between = np.linalg.norm(np.asarray(expressions, np.float64)[:, None] - sample_codes[None], axis=2)  # [T,K]
+    nearest = np.argsort(between, axis=1)[:, :3]
+    weights = 1.0 / np.maximum(np.take_along_axis(between, nearest, 1), 1e-6) ** 2
+    weights = weights.reshape(*weights.shape, *([1] * (values.ndim - 1)))
+    return (values[nearest] * weights).sum(1) / weights.sum(1)
+
+
+def _rest_relative_rotations(rotations: np.ndarray) -> np.ndarray:
+    """[K,3,3] re-tracked rotations, the rest first -> [K,3] axis-angle relative to the rest
+    (zeros where lost; all zeros when the rest itself is)."""
+    if np.isnan(rotations[0]).any():  # the rest itself is lost: nothing to measure against
+        return np.zeros((len(rotations), 3))
+    seen = matrix_to_axis_angle(np.nan_to_num(rotations @ np.swapaxes(rotations[0], -1, -2)))
+    seen[np.isnan(rotations).any((1, 2))] = 0.0
+    return seen
+
+
 def measured_pose_bias(model, avatar: Avatar, expressions: np.ndarray, rest: np.ndarray,
                        samples: int = POSE_BIAS_SAMPLES) -> np.ndarray:  # fmt: skip
     """[T,3] axis-angle (radians, camera frame): the head rotation MediaPipe sees in ``avatar``
     showing each of ``expressions`` [T,57] with its head still, relative to its ``rest`` [57].
-    Measured in closed loop, not predicted: the rest and up to ``samples`` of the frames (farthest
-    apart in expression, so each distinct expression of the clip is one) are rendered from the
-    source camera and re-tracked; every frame takes the inverse-square-distance blend of its 3
-    nearest samples' rotations. The per-shape medians
+    Measured in closed loop, not predicted: the rest and up to ``samples`` of the frames
+    (:func:`sample_frames`) are rendered from the source camera and re-tracked; every frame takes
+    the blend of its 3 nearest samples' rotations (:func:`blend_samples`). The per-shape medians
     (:func:`flexavatar.motion.expression_pose_bias`) add up shapes that do not add up:
     single_face.mp4's smile with its lip drop re-tracks pitched by -2.6° on one avatar where the
     medians sum to +1.3°. Samples MediaPipe loses count as no rotation."""
     expressions = np.asarray(expressions, np.float64)
     rest = np.asarray(rest, np.float64)
-    chosen: list[int] = []  # farthest-point sampling, starting from the rest
-    distance = np.linalg.norm(expressions - rest, axis=1)  # [T] to the nearest sample so far
-    while len(chosen) < min(samples, len(expressions)) and distance.max() > 1e-6:
-        chosen.append(int(np.argmax(distance)))
-        distance = np.minimum(distance, np.linalg.norm(expressions - expressions[chosen[-1]], axis=1))
-    sample_codes = np.concatenate([rest[None], expressions[chosen]])
+    sample_codes = np.concatenate([rest[None], expressions[sample_frames(expressions, rest, samples)]])
     _, rotations = retrack(render_expressions(model, avatar, sample_codes))
-    if np.isnan(rotations[0]).any():  # the rest itself is lost: nothing to measure against
-        return np.zeros((len(expressions), 3))
-    seen = matrix_to_axis_angle(np.nan_to_num(rotations @ np.swapaxes(rotations[0], -1, -2)))
-    seen[np.isnan(rotations).any((1, 2))] = 0.0
-    # every frame: inverse-square-distance blend of its 3 nearest samples (the rest included)
-    between = np.linalg.norm(expressions[:, None] - sample_codes[None], axis=2)  # [T,K]
-    nearest = np.argsort(between, axis=1)[:, :3]
-    weights = 1.0 / np.maximum(np.take_along_axis(between, nearest, 1), 1e-6) ** 2
-    return (seen[nearest] * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)
+    return blend_samples(expressions, sample_codes, _rest_relative_rotations(rotations))
+
+
+def driver_targets(driver: np.ndarray, calibration: MotionCalibration, relative: bool, fps: float) -> np.ndarray:
+    """[T,57] the driver's tracking (MediaPipe scores by ICT name) -> [T,S] the scores the avatar's
+    renders should re-track at (calibration names): relative, each score's change from the avatar's
+    rest (:func:`flexavatar.motion.driver_score_changes`, what driving adds); absolute, the
+    driver's scores."""
+    scores = ict_to_scores(driver, calibration.names)
+    return driver_score_changes(scores, calibration.names, fps) if relative else scores
+
+
+def closed_loop_expressions(model, avatar: Avatar, expressions: np.ndarray, rest: np.ndarray, targets: np.ndarray,
+                            calibration: MotionCalibration, relative: bool = True, lip_gaps: np.ndarray | None = None,
+                            samples: int = POSE_BIAS_SAMPLES, rounds: int = CORRECTION_ROUNDS) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Correct a clip's expressions on this avatar in closed loop; also measure its pose bias.
+
+    expressions [T,57] (:func:`flexavatar.motion.driving_expressions`), rest [57] the avatar's
+    rest, targets [T,S] (:func:`driver_targets`). The calibration maps scores to weights through
+    curves fitted to many avatars and scaled to this one; this avatar's renders still re-track
+    off the driver where its photo's colours and its shapes' interplay differ (the astronaut's
+    raised brows over-read by 0.16, single_face.mp4's own avatar puckers at 0.69 for the driver's
+    0.31). The rest and up to ``samples`` frames (:func:`sample_frames`) are rendered and
+    re-tracked ``rounds`` times (:data:`CORRECTION_ROUNDS`); each round moves each mouth and brow
+    weight (:data:`CORRECTION_PARTS`, less :data:`CORRECTION_EXCLUDED`) toward its score's target,
+    at most :data:`CORRECTION_MAX_STEP`; up only in :data:`CORRECTION_RAISED_PARTS`, where the
+    driver shows the score (:data:`CORRECTION_SHOWN`) and, where the driver's lips are shut
+    (``lip_gaps`` [T], :data:`~flexavatar.motion.LIP_CLOSED_GAP`), not where the raise parts the
+    avatar's (it is undone: single_face.mp4's closed-lip pucker parted the astronaut's lips to a
+    gap of 0.04). Every frame takes the blend of its 3 nearest samples' corrections
+    (:func:`blend_samples`); the lip seal is applied again.
+
+    Returns the corrected expressions [T,57] float32 and the rotation [T,3] (axis-angle, radians,
+    camera frame) for the cameras to take out: :data:`~flexavatar.motion.POSE_BIAS_SHRINK` of the
+    head rotation MediaPipe sees in the uncorrected expressions (as :func:`measured_pose_bias`),
+    plus all of what the correction changes of it (it is the correction's, not the driver's).
+    2 x 17 renders and re-trackings (~2 s on 2 CPU cores)."""
+    expressions = np.asarray(expressions, np.float64)
+    rest = np.asarray(rest, np.float64)
+    chosen = sample_frames(expressions, rest, samples)
+    if not len(chosen) or rounds < 1:  # a still driver: the rest throughout
+        return expressions.astype(np.float32), np.zeros((len(expressions), 3))
+    names, gains = calibration.names, calibration.shape_gains
+    columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in names]
+    parts = np.array([face_part(n) for n in names])
+    steerable = np.isin(parts, CORRECTION_PARTS) & calibration.informative & ~np.isin(names, CORRECTION_EXCLUDED)
+    wanted = targets[chosen]  # [K,S]
+    may_raise = (wanted >= CORRECTION_SHOWN) & np.isin(parts, CORRECTION_RAISED_PARTS)[None]
+    # where the driver's lips are shut, a raise that parts the avatar's is undone and not retried
+    shut = np.zeros(len(chosen), bool) if lip_gaps is None else np.asarray(lip_gaps)[chosen] < LIP_CLOSED_GAP
+    original, corrected = expressions[chosen], expressions[chosen].copy()
+    raised = np.zeros_like(corrected)  # [K,57] what the rounds have raised so far
+    limits = ict_limits(calibration)
+    first_gaps = previous = first_rotations = rotations = None
+    for _ in range(rounds):
+        codes = np.concatenate([rest[None], corrected])
+        scores, rotations, gaps = retrack(render_expressions(model, avatar, codes), with_lip_gaps=True)
+        first_rotations = rotations if first_rotations is None else first_rotations
+        scores = scores[:, columns]
+        if np.isnan(scores[0]).any():  # the rest is lost: nothing to measure against
+            break
+        gaps = np.nan_to_num(gaps[1:])
+        first_gaps = gaps if first_gaps is None else first_gaps
+        parted = shut & (gaps > np.maximum(LIP_OPEN_GAP, first_gaps))
+        corrected[parted] -= raised[parted]
+        raised[parted] = 0.0
+        may_raise[parted] = False
+        seen = scores[1:] - scores[0] if relative else scores[1:]
+        miss = np.where(np.isnan(seen), 0.0, seen - wanted)  # [K,S]
+        weights = np.clip(ict_to_scores(corrected, names, gains), 0.0, 1.0)
+        step = calibration.inverse(calibration.response(weights) - CORRECTION_DAMPING * miss) - weights
+        if previous is not None:  # the secant through the last two readings, where they moved
+            moved, changed = weights - previous[0], seen - previous[1]
+            usable = (np.abs(moved) > 1e-3) & (np.abs(changed) > 0.02) & (moved * changed > 0)
+            step = np.where(usable, -miss * moved / np.where(usable, changed, 1.0), step)
+        previous = (weights, seen)
+        step = np.clip(step, -CORRECTION_MAX_STEP, CORRECTION_MAX_STEP)
+        step = np.where(steerable & ((step < 0) | may_raise), step, 0.0)
+        before = corrected
+        corrected = np.clip(corrected + scores_to_ict(step, names, np.zeros(NUM_EXPRESSIONS), gains), 0.0, limits)
+        raised += np.maximum(corrected - before, 0.0)
+    sample_codes = np.concatenate([rest[None], original])
+    change = np.concatenate([np.zeros((1, NUM_EXPRESSIONS)), corrected - original])
+    out = np.clip(expressions + blend_samples(expressions, sample_codes, change), 0.0, limits).astype(np.float32)
+    out = out if lip_gaps is None else seal_lips(out, lip_gaps)
+    plain_bias, last_bias = _rest_relative_rotations(first_rotations), _rest_relative_rotations(rotations)
+    bias = POSE_BIAS_SHRINK * plain_bias + (last_bias - plain_bias)
+    return out, blend_samples(expressions, sample_codes, bias)
 
 
 def avatar_calibration(model, avatar: Avatar, calibration=None) -> MotionCalibration:

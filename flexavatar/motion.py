@@ -401,22 +401,32 @@ def _calibrated_expressions(avatar, driver, relative, neutralise, calibration, f
     if relative:
         source_weights = ict_to_scores(source, names, gains)  # [S] calibration weights
         rest = calibration.predict(source_weights)
-        neutral = np.minimum(np.percentile(scores, DRIVER_NEUTRAL_PERCENTILE, axis=0), scores[0])
-        neutral = np.repeat(neutral[None], len(scores), axis=0)
-        blinks = [names.index(n) for n in BLINK_SCORES if n in names]
-        window = max(1, int(round(BLINK_BASELINE_S * fps)))
-        local = minimum_filter1d(scores[:, blinks], window, axis=0, mode="nearest")
-        neutral[:, blinks] = np.maximum(neutral[:, blinks], uniform_filter1d(local, window, axis=0, mode="nearest"))
-        delta = scores - neutral
-        dead = np.array([SCORE_DEADZONE.get(n, 0.0) for n in names])
-        delta = np.sign(delta) * np.maximum(np.abs(delta) - dead, 0.0) / (1.0 - dead)
-        delta[:, blinks] = np.maximum(delta[:, blinks], 0.0)  # a blink never opens the eyes wider
+        delta = driver_score_changes(scores, names, fps)
         # the change of weight, added per ICT shape: a still driver leaves the rest exactly
         # (also where the source's left and right of a paired shape differ)
         change = calibration.solve(rest[None] + delta) - source_weights[None]
         return np.clip(source + scores_to_ict(change, names, np.zeros(NUM_EXPRESSIONS), gains), 0, limits).astype(np.float32)
     weights = calibration.solve(scores)
     return np.clip(scores_to_ict(weights, names, source, gains), 0, limits).astype(np.float32)
+
+
+def driver_score_changes(scores: np.ndarray, names, fps: float = 30.0) -> np.ndarray:
+    """[T,S] the driver's MediaPipe scores (named ``names``) -> [T,S] each score's change from the
+    driver's neutral level (:data:`DRIVER_NEUTRAL_PERCENTILE`, never above frame 0; blinks from
+    their local level, :data:`BLINK_BASELINE_S`), small changes dropped (:data:`SCORE_DEADZONE`),
+    blinks never negative: what relative driving adds to the avatar's rest score."""
+    names = list(names)
+    neutral = np.minimum(np.percentile(scores, DRIVER_NEUTRAL_PERCENTILE, axis=0), scores[0])
+    neutral = np.repeat(neutral[None], len(scores), axis=0)
+    blinks = [names.index(n) for n in BLINK_SCORES if n in names]
+    window = max(1, int(round(BLINK_BASELINE_S * fps)))
+    local = minimum_filter1d(scores[:, blinks], window, axis=0, mode="nearest")
+    neutral[:, blinks] = np.maximum(neutral[:, blinks], uniform_filter1d(local, window, axis=0, mode="nearest"))
+    delta = scores - neutral
+    dead = np.array([SCORE_DEADZONE.get(n, 0.0) for n in names])
+    delta = np.sign(delta) * np.maximum(np.abs(delta) - dead, 0.0) / (1.0 - dead)
+    delta[:, blinks] = np.maximum(delta[:, blinks], 0.0)  # a blink never opens the eyes wider
+    return delta
 
 
 def rest_expression(avatar: Avatar | None, neutralise: bool, calibration: MotionCalibration | None = None) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch
 
 from flexavatar import assets
 from flexavatar.camera import Camera, focal_from_fov, orbit_camera
-from flexavatar.closed_loop import avatar_calibration, measured_pose_bias
+from flexavatar.closed_loop import avatar_calibration, closed_loop_expressions, driver_targets
 from flexavatar.errors import InvalidInputError
 from flexavatar.export import save_ply
 from flexavatar.framing import driving_cameras
@@ -29,7 +29,6 @@ from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
 from flexavatar.model.network import DeformCache
 from flexavatar.motion import (
-    POSE_BIAS_SHRINK,
     MotionCalibration,
     driving_expressions,
     rest_expression,
@@ -361,7 +360,9 @@ def reenact(
     calibration = avatar_calibration(model, avatar, calibration)
     expressions = driving_expressions(avatar, track.expressions, relative, neutralise, calibration, track.fps,
                                       lip_gaps=track.lip_gaps)  # fmt: skip
-    bias = POSE_BIAS_SHRINK * measured_pose_bias(model, avatar, expressions, rest_expression(avatar, neutralise, calibration))
+    targets = driver_targets(track.expressions, calibration, relative, track.fps)
+    expressions, bias = closed_loop_expressions(model, avatar, expressions, rest_expression(avatar, neutralise, calibration),
+                                                targets, calibration, relative, track.lip_gaps)  # fmt: skip
     cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution,
                               follow_translation=follow_translation, rotation_bias=bias,
                               calibration=calibration)  # fmt: skip

@@ -436,3 +436,44 @@ def test_the_rest_lets_go_of_the_eyes_when_they_blink():
     out = close_opened_eyes(frames, rest)
     np.testing.assert_allclose(out[:, EXPRESSION_INDEX["eyeWide_L"]], [0.8, 0.4, 0.0], atol=1e-6)
     np.testing.assert_allclose(out[:, EXPRESSION_INDEX["eyeWide_R"]], 0.8, atol=1e-6)  # that eye stays open
+
+
+def test_closed_loop_correction_brings_the_renders_closer_to_the_driver(model, astronaut, shared_media):
+    """single_face.mp4 starts with a closed-lip pucker and raised brows, then smiles: its calibrated
+    expressions re-track on the astronaut's avatar with the brows over-reading and the pucker
+    under-reading. Corrected in closed loop, the sampled frames' mouth and brow scores come closer
+    to the driver's changes; no shape the driver does not show is raised, brows are only lowered,
+    the jaw is left alone, and no closed-lip frame's lips part further than before."""
+    track = track_video(shared_media / "single_face.mp4")
+    calibration = avatar_calibration(model, astronaut)
+    rest = rest_expression(astronaut, True, calibration)
+    plain = driving_expressions(astronaut, track.expressions, True, True, calibration, track.fps, lip_gaps=track.lip_gaps)
+    targets = closed_loop.driver_targets(track.expressions, calibration, True, track.fps)
+    corrected, bias = closed_loop.closed_loop_expressions(model, astronaut, plain, rest, targets, calibration, True,
+                                                          track.lip_gaps)  # fmt: skip
+    assert corrected.shape == plain.shape and corrected.dtype == np.float32 and bias.shape == (len(plain), 3)
+    chosen = closed_loop.sample_frames(plain, rest, closed_loop.POSE_BIAS_SAMPLES)
+    assert chosen[0] == 0 and len(set(chosen.tolist())) == len(chosen)
+    names = calibration.names
+    parts = np.array([closed_loop.face_part(n) for n in names])
+    steered = np.isin(parts, closed_loop.CORRECTION_PARTS) & calibration.informative
+    columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in names]
+    misses = {}
+    for name, codes in (("plain", plain), ("corrected", corrected)):
+        scores, _, gaps = closed_loop.retrack(closed_loop.render_expressions(model, astronaut, np.concatenate([rest[None], codes[chosen]])),
+                                              with_lip_gaps=True)  # fmt: skip
+        seen = scores[1:, columns] - scores[0, columns]
+        misses[name] = np.abs(seen - targets[chosen])[:, steered].mean()
+        misses[name + " gaps"] = gaps[1:]
+    assert misses["corrected"] < 0.85 * misses["plain"], misses
+    # raised only where the driver shows the score (a sample frame takes its own correction whole)
+    weights = {k: closed_loop.ict_to_scores(v[chosen], names, calibration.shape_gains) for k, v in (("plain", plain), ("corrected", corrected))}
+    raised = (weights["corrected"] > weights["plain"] + 1e-4) & steered
+    assert raised.any() and (targets[chosen][raised] >= closed_loop.CORRECTION_SHOWN).all()
+    assert set(parts[raised.any(0)]) <= set(closed_loop.CORRECTION_RAISED_PARTS)
+    for name in closed_loop.CORRECTION_EXCLUDED:  # the jaw and the lip seal are left as they were
+        column = names.index(name)
+        assert np.allclose(weights["corrected"][:, column], weights["plain"][:, column], atol=1e-6), name
+    shut = track.lip_gaps[chosen] < LIP_CLOSED_GAP
+    assert shut.any()
+    assert (misses["corrected gaps"][shut] <= np.maximum(LIP_OPEN_GAP, misses["plain gaps"][shut]) + 0.005).all(), misses
