@@ -4,7 +4,9 @@ The motion calibration (:mod:`flexavatar.calibration`) measures many avatars onc
 measure the avatar being driven, before it is driven: how far each score moves at full weight
 (:func:`avatar_response_spans`, for :func:`flexavatar.motion.calibration_for_avatar`), how far
 its neutral eyes must open to re-track open (:func:`rest_eye_opening`), and the head rotation
-MediaPipe sees in the clip's own expressions (:func:`measured_pose_bias`).
+MediaPipe sees in the clip's own expressions (:func:`measured_pose_bias`). Reenactment then
+corrects the clip's expressions on the avatar itself: sampled frames rendered, re-tracked and
+moved toward the driver's scores (:func:`closed_loop_expressions`).
 """
 
 from __future__ import annotations
