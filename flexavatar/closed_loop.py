@@ -265,11 +265,12 @@ def closed_loop_expressions(model, avatar: Avatar, expressions: np.ndarray, rest
     first_gaps = previous = first_rotations = rotations = None
     for _ in range(rounds):
         codes = np.concatenate([rest[None], corrected])
-        scores, rotations, gaps = retrack(render_expressions(model, avatar, codes), with_lip_gaps=True)
-        first_rotations = rotations if first_rotations is None else first_rotations
+        scores, seen_rotations, gaps = retrack(render_expressions(model, avatar, codes), with_lip_gaps=True)
         scores = scores[:, columns]
         if np.isnan(scores[0]).any():  # the rest is lost: nothing to measure against
             break
+        rotations = seen_rotations  # of the last round whose rest was tracked
+        first_rotations = rotations if first_rotations is None else first_rotations
         gaps = np.nan_to_num(gaps[1:])
         first_gaps = gaps if first_gaps is None else first_gaps
         parted = shut & (gaps > np.maximum(LIP_OPEN_GAP, first_gaps))
@@ -287,6 +288,7 @@ def closed_loop_expressions(model, avatar: Avatar, expressions: np.ndarray, rest
         previous = (weights, seen)
         step = np.clip(step, -CORRECTION_MAX_STEP, CORRECTION_MAX_STEP)
         step = np.where(steerable & ((step < 0) | may_raise), step, 0.0)
+        step[parted] = 0.0  # just put back to an earlier state: its readings are not these
         before = corrected
         corrected = np.clip(corrected + scores_to_ict(step, names, np.zeros(NUM_EXPRESSIONS), gains), 0.0, limits)
         raised += np.maximum(corrected - before, 0.0)
@@ -294,6 +296,8 @@ def closed_loop_expressions(model, avatar: Avatar, expressions: np.ndarray, rest
     change = np.concatenate([np.zeros((1, NUM_EXPRESSIONS)), corrected - original])
     out = np.clip(expressions + blend_samples(expressions, sample_codes, change), 0.0, limits).astype(np.float32)
     out = out if lip_gaps is None else seal_lips(out, lip_gaps)
+    if rotations is None:  # the rest was never tracked: no bias to measure
+        return out, np.zeros((len(expressions), 3))
     plain_bias, last_bias = _rest_relative_rotations(first_rotations), _rest_relative_rotations(rotations)
     bias = POSE_BIAS_SHRINK * plain_bias + (last_bias - plain_bias)
     return out, blend_samples(expressions, sample_codes, bias)

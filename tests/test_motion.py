@@ -452,6 +452,10 @@ def test_closed_loop_correction_brings_the_renders_closer_to_the_driver(model, a
     corrected, bias = closed_loop.closed_loop_expressions(model, astronaut, plain, rest, targets, calibration, True,
                                                           track.lip_gaps)  # fmt: skip
     assert corrected.shape == plain.shape and corrected.dtype == np.float32 and bias.shape == (len(plain), 3)
+    still = np.tile(rest, (5, 1))  # a driver that never moves: nothing to sample, nothing to correct
+    kept, no_bias = closed_loop.closed_loop_expressions(model, astronaut, still, rest, np.zeros((5, len(calibration.names))),
+                                                        calibration)  # fmt: skip
+    assert np.allclose(kept, still) and not no_bias.any()
     chosen = closed_loop.sample_frames(plain, rest, closed_loop.POSE_BIAS_SAMPLES)
     assert chosen[0] == 0 and len(set(chosen.tolist())) == len(chosen)
     names = calibration.names
