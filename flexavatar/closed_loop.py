@@ -288,7 +288,8 @@ def closed_loop_expressions(model, avatar: Avatar, expressions: np.ndarray, rest
         previous = (weights, seen)
         step = np.clip(step, -CORRECTION_MAX_STEP, CORRECTION_MAX_STEP)
         step = np.where(steerable & ((step < 0) | may_raise), step, 0.0)
-        step[parted] = 0.0  # just put back to an earlier state: its readings are not these
+        # a sample just put back to an earlier mouth: its mouth readings are not of that mouth
+        step[np.ix_(parted, parts == "mouth")] = 0.0
         before = corrected
         corrected = np.clip(corrected + scores_to_ict(step, names, np.zeros(NUM_EXPRESSIONS), gains), 0.0, limits)
         raised += np.maximum(corrected - before, 0.0)
