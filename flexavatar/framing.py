@@ -42,10 +42,11 @@ def driving_cameras(
     :data:`TRANSLATION_FOLLOW` (1 with ``follow_translation``), then bounded to
     :data:`MAX_SHIFT_FRACTION` of the frame in-plane and :data:`MAX_DEPTH_FRACTION` in depth.
     rotation_bias [T,3] axis-angle (radians, camera frame): the apparent rotation the avatar's
-    expressions will add (:func:`~flexavatar.closed_loop.measured_pose_bias`, what reenact passes,
-    or :func:`~flexavatar.motion.expression_pose_bias`), undone here. calibration: its
-    :attr:`~MotionCalibration.turn_gain` (how much of a head turn the tracker sees on an avatar)
-    is undone on the relative rotation and on the bias (relative motion only for the rotation).
+    expressions will add (reenact passes :func:`~flexavatar.closed_loop.closed_loop_expressions`'s;
+    or :func:`~flexavatar.closed_loop.measured_pose_bias`, :func:`~flexavatar.motion.expression_pose_bias`),
+    undone here. calibration: its :attr:`~MotionCalibration.turn_gain` (how much of a head turn the
+    tracker sees on an avatar) is undone on the relative rotation and on the bias (relative motion
+    only for the rotation).
     """
     source = avatar.source_camera
     viewmat = source.viewmat.double().cpu().numpy()

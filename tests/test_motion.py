@@ -331,7 +331,7 @@ def test_pose_bias_compensation_keeps_a_smiling_head_still(model, astronaut):
     measured in the calibration sweep); the compensated cameras take much of that out (astronaut,
     mean apparent turn over five expressions: measured 0.77° plain, 0.33° compensated by half the
     median bias (POSE_BIAS_SHRINK), 0.49° by all of it); so does half the avatar's own measured
-    bias (:func:`measured_pose_bias`, what reenact uses)."""
+    bias (:func:`measured_pose_bias`; reenact's closed-loop correction measures it alike)."""
     calibration = load_calibration()
     expressions = (("mouthSmile_L", "mouthSmile_R"), ("browInnerUp_L", "browInnerUp_R"), ("jawOpen",),
                    ("mouthSmile_L", "mouthSmile_R", "browInnerUp_L", "browInnerUp_R"), ("mouthUpperUp_L", "mouthUpperUp_R"))  # fmt: skip
