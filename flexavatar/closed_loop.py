@@ -165,10 +165,11 @@ def sample_frames(expressions: np.ndarray, rest: np.ndarray, samples: int) -> np
     frame 0 (relative motion is seen from it), then farthest-point sampling in expression space
     from the rest [57] and the frames chosen so far (each distinct expression of the clip is one)."""
     expressions = np.asarray(expressions, np.float64)
-    chosen: list[int] = [0] if len(expressions) and np.abs(expressions[0] - rest).max() > 1e-6 else []
     distance = np.linalg.norm(expressions - rest, axis=1)  # [T] to the nearest sample so far
-    for index in chosen:
-        distance = np.minimum(distance, np.linalg.norm(expressions - expressions[index], axis=1))
+    chosen: list[int] = []
+    if len(expressions) and np.abs(expressions[0] - rest).max() > 1e-6:
+        chosen.append(0)
+        distance = np.minimum(distance, np.linalg.norm(expressions - expressions[0], axis=1))
     while len(chosen) < min(samples, len(expressions)) and distance.max() > 1e-6:
         chosen.append(int(np.argmax(distance)))
         distance = np.minimum(distance, np.linalg.norm(expressions - expressions[chosen[-1]], axis=1))

@@ -22,8 +22,9 @@ framed. MediaPipe's head pose of a still ICT head changes with its
 expression (a smile pitches it by 1-4°, raised brows by -1-3°): reenact renders the clip's
 distinct expressions on the avatar and re-tracks them
 (:func:`flexavatar.closed_loop.closed_loop_expressions`), and the cameras take half of that out
-(:data:`POSE_BIAS_SHRINK`) and all that its expression correction adds; :func:`expression_pose_bias` predicts it from the calibration's
-per-shape medians instead (no rendering). Each avatar also gets its own response amplitudes
+(:data:`POSE_BIAS_SHRINK`) and all that its expression correction adds;
+:func:`expression_pose_bias` predicts it from the calibration's per-shape medians instead (no
+rendering). Each avatar also gets its own response amplitudes
 (:func:`calibration_for_avatar`). Frames where tracking is unreliable (a hand over the face)
 are interpolated upstream, in :func:`flexavatar.tracking.track_video`. Reenact corrects the
 expressions of a whole clip once more on the avatar itself, in closed loop
@@ -103,8 +104,9 @@ BLINK_OPENING_FADE = 0.5
 #: (:func:`expression_pose_bias`), half measured better than all of it (eval --motion, mean APD:
 #: public rows 1.26° -> 1.08°, held-out photos x clips 1.26° -> 0.96°; none: 1.24°, 1.19°); for
 #: the avatar's own, measured bias (:func:`flexavatar.closed_loop.measured_pose_bias`; reenact's
-#: closed-loop correction measures it the same way) too: public rows APD 1.00° all, 0.96° half; AED 0.0444, 0.0432 (MediaPipe's
-#: expression scores move with the pose it sees, and the driver's carry its own bias). Held-out
+#: closed-loop correction measures it the same way) too: public rows APD 1.00° all, 0.96° half;
+#: AED 0.0444, 0.0432 (MediaPipe's expression scores move with the pose it sees, and the driver's
+#: carry its own bias). Held-out
 #: rows at half: APD 1.24° (median bias) -> 0.91°, AED 0.0511 -> 0.0489, r_key 0.884 -> 0.896.
 POSE_BIAS_SHRINK = 0.5
 #: The ICT weight a score's shape(s) reach at calibration weight 1 (every other score: 1). ICT's

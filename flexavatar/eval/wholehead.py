@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import median_filter
 
 from flexavatar.camera import stack_cameras
 from flexavatar.errors import InvalidInputError
@@ -109,8 +110,6 @@ def bright_specks(rgb: np.ndarray, alpha: np.ndarray) -> float:
     """Per mille of the head's pixels (alpha [F,H,W] > :data:`SPECK_ALPHA`) in frames rgb [F,H,W,3]
     (in [0,1]) that are isolated bright points: :data:`SPECK_CONTRAST` above the median of their
     :data:`SPECK_WINDOW` neighbourhood (skin showing through gaps in dark hair)."""
-    from scipy.ndimage import median_filter
-
     luminance = np.asarray(rgb, np.float32).mean(-1)
     local = median_filter(luminance, size=(1, SPECK_WINDOW, SPECK_WINDOW))
     head = np.asarray(alpha) > SPECK_ALPHA

@@ -299,9 +299,7 @@ def detect_face(image: np.ndarray, name: str = "image", with_mask: bool = True) 
             "needed). Use a closer or higher-resolution photo where the face fills more of the frame."
         )
     blendshapes = blendshape_scores(result.face_blendshapes[best])
-    mask = person_mask(image) if with_mask else np.ones((height, width), np.float32)
-    if with_mask:
-        mask = own_person_mask(mask, boxes, best)
+    mask = own_person_mask(person_mask(image), boxes, best) if with_mask else np.ones((height, width), np.float32)
     return FaceDetection(
         landmarks=landmarks,
         blendshapes=blendshapes,
