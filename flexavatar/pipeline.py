@@ -125,7 +125,8 @@ def create_avatar(
     start = time.perf_counter()
     _report(progress, "encoding", 0.0)
     with torch.no_grad():
-        avatar = model.encode(crops, masks, cameras, identity, expressions)
+        openings = torch.from_numpy(np.stack([c.mouth_opening for c in fit.crops])).to(device)
+        avatar = model.encode(crops, masks, cameras, identity, expressions, openings)
     timings["encode_s"] = time.perf_counter() - start
     _report(progress, "encoding", 1.0)
     refined = None

@@ -324,3 +324,50 @@ def test_preview_is_the_first_turntable_frame(untrained_model, synthetic_avatar,
     assert same < 2.0 and side > 5 * same, (same, side)
     with pytest.raises(InvalidInputError, match="resolution"):
         pipeline.preview_image(synthetic_avatar, 100, model=untrained_model)
+
+
+def test_lips_take_no_colour_from_an_open_mouths_opening(untrained_model, shared_media):
+    """0-f1-su-ph.jpg's mouth is open in an "O" with teeth showing: the fitted lips reach into the
+    opening, and there they took the teeth's and the interior's colours (a neutralised avatar
+    kept a pale band between its lips). Given the crop's inner-lip polygon, those texels take
+    nothing from inside it and are filled from the lips around them."""
+
+    from flexavatar.camera import stack_cameras
+    from flexavatar.model.evidence import inside_polygons, lift_views
+    from flexavatar.tracking import fit_head
+    from flexavatar.tracking.crop import INNER_LIP_CONTOUR
+
+    model = untrained_model
+    fit = fit_head([shared_media / "0-f1-su-ph.jpg"], resolution=S, num_identity=model.config.num_identity)
+    crop = fit.crops[0]
+    images = torch.from_numpy(crop.masked).permute(2, 0, 1)[None].float() / 255
+    masks = torch.from_numpy(crop.mask)[None, None].float()
+    openings = torch.from_numpy(crop.mouth_opening)[None]
+    viewmats, Ks = stack_cameras(fit.cameras)
+    vertices = model.mesh(fit.identity, fit.expressions)
+    with torch.no_grad():
+        _, plain, _ = lift_views(model.atlas, vertices, images, masks, viewmats, Ks)
+        _, weights, _ = lift_views(model.atlas, vertices, images, masks, viewmats, Ks, mouth_openings=openings)
+        evidence_plain, _ = model.evidence(images, masks, fit.cameras, fit.identity, fit.expressions)
+        evidence, _ = model.evidence(images, masks, fit.cameras, fit.identity, fit.expressions, mouth_openings=openings)
+    dropped = (plain[0] > 0) & (weights[0] == 0)
+    assert dropped.sum() >= 10, f"only {int(dropped.sum())} texels of the lips lay in the opening"
+    assert not model.atlas.region_mask("teeth", "gums_tongue")[dropped].any()
+    assert torch.equal(weights[0][~dropped], plain[0][~dropped])  # nothing else changes
+
+    # the photo's colours: inside the opening, and on the lips (the outer contour less the opening)
+    outer = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+    grid = torch.stack(torch.meshgrid(torch.arange(S) + 0.5, torch.arange(S) + 0.5, indexing="xy"), -1).view(1, -1, 2)
+    in_opening = inside_polygons(grid, openings)[0]
+    on_lips = inside_polygons(grid, torch.from_numpy(crop.landmarks[list(outer), :2])[None])[0] & ~in_opening
+    pixels = images[0].reshape(3, -1).T
+    assert len(INNER_LIP_CONTOUR) == openings.shape[1] and in_opening.sum() > 50 and on_lips.sum() > 50
+    opening_rgb, lip_rgb = pixels[in_opening].mean(0), pixels[on_lips].mean(0)
+
+    def texel_colours(evidence_map):
+        return model.atlas.gather(evidence_map[None, :3])[0][dropped]  # [D,3]
+
+    before = (texel_colours(evidence_plain) - lip_rgb).norm(dim=-1).mean()
+    after = (texel_colours(evidence) - lip_rgb).norm(dim=-1).mean()
+    assert after < 0.6 * before, f"lip colour distance {before:.3f} -> {after:.3f}"
+    assert (texel_colours(evidence) - lip_rgb).norm(dim=-1).mean() < (texel_colours(evidence) - opening_rgb).norm(dim=-1).mean()

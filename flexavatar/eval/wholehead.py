@@ -97,7 +97,8 @@ def unseen_skin_speckle(model, avatar, fit: dict) -> float:
     neighbourhood is all face chart. Salt-and-pepper noise on skin nobody photographed is what the
     sides of a turntable showed as grey-white speckle."""
     with torch.no_grad():
-        evidence, _ = model.evidence(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
+        evidence, _ = model.evidence(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"],
+                                     mouth_openings=fit["mouth_openings"])  # fmt: skip
     chart = model.atlas.scatter(model.atlas.region_mask("face").float()[None, :, None].to(evidence))[0]  # [1,R,R]
     inside = -F.max_pool2d(-chart[None], 3, 1, 1)[0, 0] > 0.5  # the whole 3x3 is face chart
     colour = avatar.static_maps[ATTRIBUTE_SLICES["colour"]].to(evidence)  # [3,R,R]
@@ -172,6 +173,7 @@ def fit_photo(model, photo) -> dict:
         "cameras": [c.to(device) for c in fit.cameras],
         "identity": fit.identity.to(device),
         "expressions": fit.expressions.to(device),
+        "mouth_openings": torch.from_numpy(crop.mouth_opening)[None].to(device),
     }
 
 
@@ -195,7 +197,8 @@ def evaluate_photo(model, photo, refine_seconds: float = 0.0) -> dict:
     """Source-view metrics and turntable check of one photo's avatar (refined if ``refine_seconds``)."""
     fit = fit_photo(model, photo)
     with torch.no_grad():
-        avatar = model.encode(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"])
+        avatar = model.encode(fit["crops"], fit["masks"], fit["cameras"], fit["identity"], fit["expressions"],
+                              fit["mouth_openings"])  # fmt: skip
     if refine_seconds > 0:
         avatar = refine(model, avatar, fit["crops"], fit["cameras"], fit["expressions"], seconds=refine_seconds,
                         masks=fit["masks"]).avatar  # fmt: skip

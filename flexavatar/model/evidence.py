@@ -83,6 +83,17 @@ def project_texels(
     return pix, visible, cosine
 
 
+def inside_polygons(points: torch.Tensor, polygons: torch.Tensor) -> torch.Tensor:
+    """[V,N] bool: which of points [V,N,2] lie inside their view's closed polygon [V,P,2]
+    (even-odd rule, vectorised over points and edges)."""
+    start, end = polygons[:, None], polygons.roll(-1, dims=1)[:, None]  # [V,1,P,2]
+    x, y = points[..., 0:1], points[..., 1:2]  # [V,N,1]
+    straddles = (start[..., 1] > y) != (end[..., 1] > y)  # [V,N,P]
+    rise = end[..., 1] - start[..., 1]
+    crossing_x = start[..., 0] + (y - start[..., 1]) * (end[..., 0] - start[..., 0]) / torch.where(rise == 0, 1.0, rise)
+    return ((straddles & (x < crossing_x)).sum(-1) % 2) == 1
+
+
 def lift_views(
     atlas,
     vertices: torch.Tensor,
@@ -91,6 +102,7 @@ def lift_views(
     viewmats: torch.Tensor,
     Ks: torch.Tensor,
     heights: torch.Tensor | None = None,
+    mouth_openings: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-view texel colours and weights.
 
@@ -98,6 +110,10 @@ def lift_views(
     images [V,C,S,S] in [0,1] (RGB, or any channels lifted the same way); masks
     [V,1,S,S] in [0,1]; viewmats [V,4,4]; Ks [V,3,3] (pixels); heights [N] metres: each texel's
     point is that far out along its normal (the hair shell, :mod:`flexavatar.model.hair`).
+    mouth_openings [V,P,2] pixels (optional): each view's inner-lip polygon
+    (:attr:`~flexavatar.tracking.crop.HeadCrop.mouth_opening`); texels outside the mouth's own
+    charts that land inside it take no colour from that view (:data:`MOUTH_REGIONS`: fitted to an
+    open mouth, the lips reach into the opening and took teeth or the dark interior as theirs).
     Returns values [V,N,C], weights [V,N] (0 where the view does not see the texel or it is
     off the mask) and seen [V,N] (cosine to the camera: > 0 where the surface faces the view).
     """
@@ -113,6 +129,9 @@ def lift_views(
     sampled = F.grid_sample(torch.cat([images, masks], 1), grid, mode="bilinear", align_corners=False)
     sampled = sampled[..., 0].transpose(1, 2)  # [V,N,C+1]
     weights = cosine.square() * sampled[..., -1] * visible.to(cosine.dtype)
+    if mouth_openings is not None:
+        in_opening = inside_polygons(pix, mouth_openings.to(pix)) & ~mouth[None]
+        weights = torch.where(in_opening, 0.0, weights)
     seen = cosine  # facing the camera, occluded or not: what faces away is what a mirror completes
     return sampled[..., :-1], weights, seen
 
@@ -207,7 +226,7 @@ def fuse_evidence(
 
 
 def uv_evidence(
-    atlas, vertices, images, masks, viewmats, Ks, heights=None, mirror=None, back_rgb=None
+    atlas, vertices, images, masks, viewmats, Ks, heights=None, mirror=None, back_rgb=None, mouth_openings=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lift and fuse in one call: arguments as :func:`lift_views` and :func:`fuse_evidence`.
 
@@ -215,5 +234,5 @@ def uv_evidence(
     and the direction to the view that faces it most squarely (occluded or not; 0 where the
     surface faces away from every view: what no input shows).
     """
-    colours, weights, seen = lift_views(atlas, vertices, images, masks, viewmats, Ks, heights)
+    colours, weights, seen = lift_views(atlas, vertices, images, masks, viewmats, Ks, heights, mouth_openings)
     return fuse_evidence(atlas, colours, weights, mirror, back_rgb, seen), seen.amax(0)

@@ -184,10 +184,12 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         landmarks = self.head.landmarks_multipie68
         return whole_head(self.atlas, landmarks, neutral, vertices, images, masks, viewmats.to(images), Ks.to(images))
 
-    def evidence(self, images, masks, cameras: list[Camera], identity, expressions, shape: WholeHead | None = None):
+    def evidence(self, images, masks, cameras: list[Camera], identity, expressions, shape: WholeHead | None = None,
+                 mouth_openings: torch.Tensor | None = None):  # fmt: skip
         """UV evidence [4,R,R] (RGB + coverage) of the inputs lifted through the fitted mesh onto
         the hair shell of ``shape`` (default: carved from these inputs), and facing [N] (how
-        squarely the best view faces each texel, :func:`~flexavatar.model.evidence.uv_evidence`)."""
+        squarely the best view faces each texel, :func:`~flexavatar.model.evidence.uv_evidence`;
+        ``mouth_openings`` [V,20,2] crop pixels as there)."""
         if shape is None:
             shape = self.whole_head(images, masks, cameras, identity, expressions)
         viewmats, Ks = stack_cameras(cameras)
@@ -195,7 +197,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         # clothes lift no colour onto the neck; the eroded rim keeps the background out of the hair
         head_masks = -F.max_pool2d(-shape.parts.head, 5, 1, 2)
         return uv_evidence(self.atlas, vertices, images, head_masks, viewmats.to(images), Ks.to(images),
-                           shape.heights, self.mirror, shape.back_rgb)  # fmt: skip
+                           shape.heights, self.mirror, shape.back_rgb, mouth_openings)  # fmt: skip
 
     def encode(
         self,
@@ -204,12 +206,16 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         cameras: list[Camera],
         identity: torch.Tensor,
         expressions: torch.Tensor,
+        mouth_openings: torch.Tensor | None = None,
     ) -> Avatar:
         """Feed-forward avatar from V = 1…4 views.
 
         images [V,3,S,S] in [0,1] (masked crops, S = config.crop_size); masks [V,1,S,S];
         cameras: V fitted cameras (canonical head space, K in crop pixels); identity [K] fitted
-        ICT identity; expressions [V,57] fitted per-view expressions.
+        ICT identity; expressions [V,57] fitted per-view expressions; mouth_openings [V,20,2]
+        (optional) each crop's inner-lip polygon, crop pixels
+        (:attr:`~flexavatar.tracking.crop.HeadCrop.mouth_opening`): the lips take no colour from
+        inside it (:func:`~flexavatar.model.evidence.lift_views`).
         """
         if not 1 <= images.shape[0] <= 4:
             raise ValueError(f"between 1 and 4 views are supported, got {images.shape[0]}")
@@ -217,7 +223,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         if images.shape[-1] != size or images.shape[-2] != size:
             raise ValueError(f"crops must be {size}x{size}, got {tuple(images.shape[-2:])}")
         shape = self.whole_head(images, masks, cameras, identity, expressions)
-        evidence, facing = self.evidence(images, masks, cameras, identity, expressions, shape)
+        evidence, facing = self.evidence(images, masks, cameras, identity, expressions, shape, mouth_openings)
         tokens = self.encoder(images[None])
         static_delta, identity_features = self.queries(self.patch_positions, evidence[None], tokens)
         neutral = self.head.vertices(identity[None])

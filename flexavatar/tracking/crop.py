@@ -38,6 +38,9 @@ CROP_SIDE_CM = 34.0
 CROP_CENTRE_LIFT_CM = 0.5
 #: Colour of the background in ``HeadCrop.masked``.
 BACKGROUND_RGB = (255, 255, 255)
+#: MediaPipe's inner-lip contour, in order around the mouth opening (lower lip from the right
+#: corner 78 to the left 308, then the upper lip back): a polygon of (nearly) no area when the lips meet.
+INNER_LIP_CONTOUR = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
 
 
 @dataclass
@@ -59,6 +62,11 @@ class HeadCrop:
     crop_box: tuple[float, float, float]
     source_to_crop: np.ndarray
     resolution: int
+
+    @property
+    def mouth_opening(self) -> np.ndarray:
+        """[20,2] float32 crop pixels: the inner-lip polygon (:data:`INNER_LIP_CONTOUR`)."""
+        return self.landmarks[list(INNER_LIP_CONTOUR), :2].astype(np.float32)
 
 
 @functools.lru_cache(maxsize=1)
