@@ -2,7 +2,9 @@
 
 For each view, every texel's surface point is projected with the fitted camera. It takes the
 pixel's colour when (a) it is in the image and on the person mask, (b) it passes a depth
-test against a coarse z-buffer of all texels of that view, (c) its surface faces the camera.
+test against a coarse z-buffer of all texels of that view, (c) its surface faces the camera,
+(d) outside the mouth's own charts, it does not land inside the photo's mouth opening (the
+inner-lip polygon, when given: the lips of a fitted open mouth reach into it).
 Views are fused with weight cos(view angle)² so grazing views count little. Texels no view
 sees are filled from their own chart (push-pull over a mip pyramid), falling back to a
 prior colour per region when a whole chart is unseen (teeth behind closed lips). The result
