@@ -113,7 +113,8 @@ def retrack(frames: np.ndarray, with_lip_gaps: bool = False):
     return (scores, rotations, gaps) if with_lip_gaps else (scores, rotations)
 
 
-def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration, rest: np.ndarray | None = None) -> np.ndarray:
+def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration, rest: np.ndarray | None = None,
+                          with_rest_scores: bool = False):  # fmt: skip
     """[S] how far each score moves when ``avatar`` shows that score's shape(s) at calibration
     weight 1 (times its shape gain) on its neutral ``rest`` [57] (default zeros; its eyes held
     open, :func:`rest_eye_opening`, let go of in the blinks as driving does): the re-tracked score
@@ -126,7 +127,8 @@ def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration,
     codes = close_opened_eyes(codes, rest)
     scores, _ = retrack(render_expressions(model, avatar, codes))
     columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in names]
-    return scores[1 + np.arange(len(names)), columns] - scores[0, columns]
+    spans = scores[1 + np.arange(len(names)), columns] - scores[0, columns]
+    return (spans, scores[0, columns]) if with_rest_scores else spans
 
 
 def rest_eye_opening(model, avatar: Avatar, calibration: MotionCalibration) -> np.ndarray:
@@ -219,7 +221,7 @@ def driver_targets(driver: np.ndarray, calibration: MotionCalibration, relative:
     rest (:func:`flexavatar.motion.driver_score_changes`, what driving adds); absolute, the
     driver's scores."""
     scores = ict_to_scores(driver, calibration.names)
-    return driver_score_changes(scores, calibration.names, fps) if relative else scores
+    return driver_score_changes(scores, calibration.names, fps, calibration.rest_scores) if relative else scores
 
 
 def closed_loop_expressions(model, avatar: Avatar, expressions: np.ndarray, rest: np.ndarray, targets: np.ndarray,
@@ -321,8 +323,8 @@ def avatar_calibration(model, avatar: Avatar, calibration=None) -> MotionCalibra
             _FITTED.move_to_end(key)
             return _FITTED[key][1]
     opening = rest_eye_opening(model, avatar, loaded)
-    fitted = calibration_for_avatar(loaded, avatar_response_spans(model, avatar, loaded, opening))
-    fitted = replace(fitted, rest_offset=opening)
+    spans, rest_scores = avatar_response_spans(model, avatar, loaded, opening, with_rest_scores=True)
+    fitted = replace(calibration_for_avatar(loaded, spans), rest_offset=opening, rest_scores=rest_scores)
     with _FITTED_LOCK:
         _FITTED[key] = (loaded, fitted)  # the loaded one is held too: its id stays its own
         while len(_FITTED) > FITTED_CALIBRATIONS:

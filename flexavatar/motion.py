@@ -159,6 +159,8 @@ class MotionCalibration:
     rest_offset: [57] or None: one avatar's neutral rest expression (ICT weights) when it is not
         all zeros: the eyes opened until they re-track as open as the calibration avatars' do
         (:func:`flexavatar.closed_loop.rest_eye_opening`); never in the file.
+    rest_scores: [S] or None: one avatar's own re-tracked scores at that rest (its photo's colours
+        can read as an expression: an "O" mouth's lips as a pucker of 0.67); never in the file.
     """
 
     names: tuple[str, ...]
@@ -170,6 +172,7 @@ class MotionCalibration:
     turn_gain: np.ndarray | None = None
     shape_gains: np.ndarray | None = None
     rest_offset: np.ndarray | None = None
+    rest_scores: np.ndarray | None = None
 
     def __post_init__(self):
         self.shape_gains = np.ones(len(self.names)) if self.shape_gains is None else np.asarray(self.shape_gains, np.float64)
@@ -405,7 +408,7 @@ def _calibrated_expressions(avatar, driver, relative, neutralise, calibration, f
     if relative:
         source_weights = ict_to_scores(source, names, gains)  # [S] calibration weights
         rest = calibration.predict(source_weights)
-        delta = driver_score_changes(scores, names, fps)
+        delta = driver_score_changes(scores, names, fps, calibration.rest_scores)
         # the change of weight, added per ICT shape: a still driver leaves the rest exactly
         # (also where the source's left and right of a paired shape differ)
         change = calibration.solve(rest[None] + delta) - source_weights[None]
@@ -414,13 +417,23 @@ def _calibrated_expressions(avatar, driver, relative, neutralise, calibration, f
     return np.clip(scores_to_ict(weights, names, source, gains), 0, limits).astype(np.float32)
 
 
-def driver_score_changes(scores: np.ndarray, names, fps: float = 30.0) -> np.ndarray:
+def driver_score_changes(scores: np.ndarray, names, fps: float = 30.0, rest_scores: np.ndarray | None = None) -> np.ndarray:
     """[T,S] the driver's MediaPipe scores (named ``names``) -> [T,S] each score's change from the
     driver's neutral level (:data:`DRIVER_NEUTRAL_PERCENTILE`, never above frame 0; blinks from
     their local level, :data:`BLINK_BASELINE_S`), small changes dropped (:data:`SCORE_DEADZONE`),
-    blinks never negative: what relative driving adds to the avatar's rest score."""
+    blinks never negative: what relative driving adds to the avatar's rest score.
+
+    rest_scores [S] (optional): the avatar's own scores at its rest. Where the driver's frame 0
+    reads above its low percentile, which of the two is its neutral is ambiguous (single_face.mp4's
+    resting mouth re-tracks as a pucker of 0.31 for its first half second, 0.0 through its smiles).
+    The neutral rises from the percentile toward frame 0 by as much as the avatar's rest reads above
+    the driver's frame 0: 0-f1-su-ph.jpg's avatar, whose round lips read 0.62 at rest, was pushed to
+    a full kiss there while the driver rested."""
     names = list(names)
     neutral = np.minimum(np.percentile(scores, DRIVER_NEUTRAL_PERCENTILE, axis=0), scores[0])
+    if rest_scores is not None:
+        excess = np.nan_to_num(np.asarray(rest_scores, np.float64) - scores[0], nan=0.0)
+        neutral = np.clip(neutral + excess, neutral, scores[0])
     neutral = np.repeat(neutral[None], len(scores), axis=0)
     blinks = [names.index(n) for n in BLINK_SCORES if n in names]
     window = max(1, int(round(BLINK_BASELINE_S * fps)))

@@ -19,6 +19,7 @@ from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.motion import (
     AVATAR_RESPONSE_RANGE,
     calibration_for_avatar,
+    driver_score_changes,
     driving_expressions,
     ict_limits,
     ict_to_scores,
@@ -160,3 +161,48 @@ def test_shape_gains_drive_weak_shapes_past_full_weight():
     out = driving_expressions(None, driver, relative=True, neutralise=True, calibration=calibration)
     assert out[:, EXPRESSION_INDEX["mouthPucker"]].max() > 1.2
     assert (out <= limits + 1e-6).all() and out[:, EXPRESSION_INDEX["jawOpen"]].max() <= 1.0
+
+
+def test_a_rest_already_showing_the_drivers_first_frame_is_not_pushed_further():
+    """The driver's pucker reads 0.3 for its first frames (a resting mouth), then 0: the neutral is
+    the low percentile, so frame 0 adds 0.3 to an avatar whose rest reads 0; to one whose rest
+    already reads 0.6 it adds nothing, to one at 0.45 half of it. Blinks keep their local level."""
+    names = ["mouthPucker", "eyeBlinkLeft", "jawOpen"]
+    scores = np.zeros((60, 3))
+    scores[:15, 0] = 0.3
+    scores[30:35, 1] = 0.8  # one blink
+    scores[40:50, 2] = 0.5  # one jaw opening
+    plain = driver_score_changes(scores, names)
+    assert plain[0, 0] > 0.25 and plain[20, 0] == 0.0
+    for rest, added in ((0.0, plain[0, 0]), (0.45, None), (0.6, 0.0), (0.9, 0.0)):
+        changes = driver_score_changes(scores, names, rest_scores=np.array([rest, 0.5, 0.4]))
+        if added is None:  # part of the way: the rest reads 0.15 above the driver's frame 0
+            assert 0.05 < changes[0, 0] < plain[0, 0] - 0.05
+        else:
+            assert np.isclose(changes[0, 0], added)
+        assert np.all(changes[:, 0] <= plain[:, 0] + 1e-9)
+        np.testing.assert_allclose(changes[:, 1:], plain[:, 1:])  # frame 0 at the percentile there
+    # an unmeasured rest (NaN: the render was lost) leaves the neutral alone
+    np.testing.assert_allclose(driver_score_changes(scores, names, rest_scores=np.full(3, np.nan)), plain)
+
+
+def test_an_o_mouth_avatar_is_not_driven_to_a_kiss_by_a_resting_driver(model, shared_media):
+    """0-f1-su-ph.jpg's neutralised avatar re-tracks as a pucker from its round lips; single_face.mp4's
+    resting mouth reads as a pucker of 0.3 for its first frames. Driven with the avatar's measured
+    rest, those frames keep its rest pucker instead of adding the driver's."""
+    from dataclasses import replace
+
+    from flexavatar import pipeline
+    from flexavatar.closed_loop import avatar_calibration
+    from flexavatar.tracking import track_video
+
+    avatar = pipeline.create_avatar(shared_media / "0-f1-su-ph.jpg", model=model)
+    calibration = avatar_calibration(model, avatar)
+    pucker = calibration.names.index("mouthPucker")
+    assert calibration.rest_scores[pucker] > 0.4, calibration.rest_scores[pucker]
+    track = track_video(shared_media / "single_face.mp4", max_frames=30)
+    measured = driving_expressions(avatar, track.expressions, True, True, calibration, track.fps)
+    unmeasured = driving_expressions(avatar, track.expressions, True, True, replace(calibration, rest_scores=None), track.fps)
+    column = EXPRESSION_INDEX["mouthPucker"]
+    assert unmeasured[:10, column].mean() > 0.3, unmeasured[:10, column]
+    assert measured[:10, column].mean() < 0.5 * unmeasured[:10, column].mean(), measured[:10, column]
