@@ -3,9 +3,8 @@
 For each view, every texel's surface point is projected with the fitted camera. It takes the
 pixel's colour when (a) it is in the image and on the person mask, (b) it passes a depth
 test against a coarse z-buffer of all texels of that view, (c) its surface faces the camera,
-(d) outside the mouth's own charts, where it lands inside the photo's mouth opening (the
-inner-lip polygon, when given: the lips of a fitted open mouth reach into it) it takes the inner
-lip's shadowed colour instead.
+(d) outside the mouth's own charts, it does not land inside the photo's mouth opening (the
+inner-lip polygon, when given: the lips of a fitted open mouth reach into it).
 Views are fused with weight cos(view angle)² so grazing views count little. Texels no view
 sees are filled from their own chart (push-pull over a mip pyramid), falling back to a
 prior colour per region when a whole chart is unseen (teeth behind closed lips). The result
@@ -39,12 +38,6 @@ DEPTH_TOLERANCE_M = 0.01
 #: mouth interior instead of the dark prior.
 MOUTH_DEPTH_TOLERANCE_M = 0.002
 MOUTH_REGIONS = ("gums_tongue", "teeth")
-#: The colour of the lips' inner surface where a photo's open mouth shows it: fitted to an open
-#: mouth, ICT's lips reach into the opening, where the photo has teeth or the dark interior; the
-#: inner lip, when a pucker or a parted mouth shows it, is in the mouth's shadow. (Filled from the
-#: lips around instead, a pucker showed no dark centre and re-tracked far less: the astronaut's
-#: full pucker 0.69 -> 0.22; with this colour 0.96.)
-INNER_LIP_RGB = REGION_PRIOR_RGB["gums_tongue"]
 #: A mouth chart takes its colours from the photos only where they show this fraction of it
 #: (an open mouth); a few texels at the lip line are not an open mouth.
 MOUTH_MIN_SEEN_FRACTION = 0.05
@@ -121,9 +114,8 @@ def lift_views(
     point is that far out along its normal (the hair shell, :mod:`flexavatar.model.hair`).
     mouth_openings [V,P,2] pixels (optional): each view's inner-lip polygon
     (:attr:`~flexavatar.tracking.crop.HeadCrop.mouth_opening`); texels outside the mouth's own
-    charts (:data:`MOUTH_REGIONS`) that land inside it take :data:`INNER_LIP_RGB` from that view,
-    not the pixel: fitted to an open mouth, the lips reach into the opening, and there they took
-    the teeth's white (a pale band between a neutralised avatar's closed lips).
+    charts that land inside it take no colour from that view (:data:`MOUTH_REGIONS`: fitted to an
+    open mouth, the lips reach into the opening and took teeth or the dark interior as theirs).
     Returns values [V,N,C], weights [V,N] (0 where the view does not see the texel or it is
     off the mask) and seen [V,N] (cosine to the camera: > 0 where the surface faces the view).
     """
@@ -139,13 +131,11 @@ def lift_views(
     sampled = F.grid_sample(torch.cat([images, masks], 1), grid, mode="bilinear", align_corners=False)
     sampled = sampled[..., 0].transpose(1, 2)  # [V,N,C+1]
     weights = cosine.square() * sampled[..., -1] * visible.to(cosine.dtype)
-    values = sampled[..., :-1]
     if mouth_openings is not None:
         in_opening = inside_polygons(pix, mouth_openings.to(pix)) & ~mouth[None]
-        inner_lip = torch.tensor(INNER_LIP_RGB, dtype=values.dtype, device=values.device)
-        values = torch.where(in_opening[..., None], inner_lip, values)
+        weights = torch.where(in_opening, 0.0, weights)
     seen = cosine  # facing the camera, occluded or not: what faces away is what a mirror completes
-    return values, weights, seen
+    return sampled[..., :-1], weights, seen
 
 
 def push_pull_fill(values: torch.Tensor, weights: torch.Tensor, levels: int = 7) -> torch.Tensor:

@@ -214,8 +214,8 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         cameras: V fitted cameras (canonical head space, K in crop pixels); identity [K] fitted
         ICT identity; expressions [V,57] fitted per-view expressions; mouth_openings [V,20,2]
         (optional) each crop's inner-lip polygon, crop pixels
-        (:attr:`~flexavatar.tracking.crop.HeadCrop.mouth_opening`): inside it the lips take the
-        inner lip's colour, not the teeth's (:func:`~flexavatar.model.evidence.lift_views`).
+        (:attr:`~flexavatar.tracking.crop.HeadCrop.mouth_opening`): the lips take no colour from
+        inside it (:func:`~flexavatar.model.evidence.lift_views`).
         """
         if not 1 <= images.shape[0] <= 4:
             raise ValueError(f"between 1 and 4 views are supported, got {images.shape[0]}")
