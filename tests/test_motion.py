@@ -366,7 +366,9 @@ def test_avatar_response_spans_measure_this_avatar(model, astronaut):
     assert spans.shape == (len(calibration.names),) and np.isfinite(spans).mean() > 0.9
     assert spans[calibration.names.index("jawOpen")] > 0.3
     assert spans[calibration.names.index("mouthSmileLeft")] > 0.3
-    assert spans[calibration.names.index("mouthPucker")] > 0.3  # at its shape gain of 2
+    # at its shape gain of 2; a pucker's O shows no dark centre since the lips stopped taking the
+    # photo's teeth as their colour (0.69 -> 0.22): the avatar's fitted calibration scales to it
+    assert spans[calibration.names.index("mouthPucker")] > 0.15
 
 
 def test_an_avatar_driven_again_reuses_its_fitted_calibration(model, astronaut, tmp_path, monkeypatch):
@@ -375,7 +377,7 @@ def test_an_avatar_driven_again_reuses_its_fitted_calibration(model, astronaut, 
     avatar or a changed calibration file is fitted anew."""
     calls = []
     measure = closed_loop.avatar_response_spans
-    monkeypatch.setattr(closed_loop, "avatar_response_spans", lambda *a: calls.append(1) or measure(*a))
+    monkeypatch.setattr(closed_loop, "avatar_response_spans", lambda *a, **k: calls.append(1) or measure(*a, **k))
     monkeypatch.setattr(closed_loop, "_FITTED", closed_loop.OrderedDict())
     first = avatar_calibration(model, astronaut)
     assert avatar_calibration(model, astronaut) is first
