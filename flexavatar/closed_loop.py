@@ -119,7 +119,8 @@ def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration,
     weight 1 (times its shape gain) on its neutral ``rest`` [57] (default zeros; its eyes held
     open, :func:`rest_eye_opening`, let go of in the blinks as driving does): the re-tracked score
     minus the rest render's, from the avatar's own source camera (NaN where a render is not
-    tracked). S + 1 renders and re-trackings (~2-3 s on 2 CPU cores)."""
+    tracked). ``with_rest_scores``: (spans, the rest render's scores [S]). S + 1 renders and
+    re-trackings (~2-3 s on 2 CPU cores)."""
     names = calibration.names
     rest = np.zeros(NUM_EXPRESSIONS) if rest is None else np.asarray(rest, np.float64)
     values = np.concatenate([np.zeros((1, len(names))), np.eye(len(names))])

@@ -160,7 +160,7 @@ class MotionCalibration:
         all zeros: the eyes opened until they re-track as open as the calibration avatars' do
         (:func:`flexavatar.closed_loop.rest_eye_opening`); never in the file.
     rest_scores: [S] or None: one avatar's own re-tracked scores at that rest (its photo's colours
-        can read as an expression: an "O" mouth's lips as a pucker of 0.67); never in the file.
+        can read as an expression: an "O" mouth's lips as a pucker of 0.64); never in the file.
     """
 
     names: tuple[str, ...]
@@ -427,7 +427,7 @@ def driver_score_changes(scores: np.ndarray, names, fps: float = 30.0, rest_scor
     reads above its low percentile, which of the two is its neutral is ambiguous (single_face.mp4's
     resting mouth re-tracks as a pucker of 0.31 for its first half second, 0.0 through its smiles).
     The neutral rises from the percentile toward frame 0 by as much as the avatar's rest reads above
-    the driver's frame 0: 0-f1-su-ph.jpg's avatar, whose round lips read 0.62 at rest, was pushed to
+    the driver's frame 0: 0-f1-su-ph.jpg's avatar, whose round lips read 0.64 at rest, was pushed to
     a full kiss there while the driver rested."""
     names = list(names)
     neutral = np.minimum(np.percentile(scores, DRIVER_NEUTRAL_PERCENTILE, axis=0), scores[0])
