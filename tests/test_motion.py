@@ -483,3 +483,27 @@ def test_closed_loop_correction_brings_the_renders_closer_to_the_driver(model, a
     shut = track.lip_gaps[chosen] < LIP_CLOSED_GAP
     assert shut.any()
     assert (misses["corrected gaps"][shut] <= np.maximum(LIP_OPEN_GAP, misses["plain gaps"][shut]) + 0.005).all(), misses
+
+
+def test_eval_reencode_reports_the_noise_floor(shared_media, tmp_path, capsys):
+    """``eval --motion --reencode`` drives a second avatar made from the photo after an invisible
+    JPEG round trip and prints how far the row's figures moved (the level below which a change
+    to the code is not measurable)."""
+    import json
+
+    from flexavatar.eval.motion import REENCODED_FIGURES, noise_floor, reencoded
+    from flexavatar.images import read_image
+
+    photo = shared_media / "astronaut.png"
+    again = reencoded(photo)
+    difference = np.abs(again.astype(np.float64) - read_image(photo)).mean()
+    assert again.shape == read_image(photo).shape and 0.0 < difference < 2.0, difference
+    out = tmp_path / "rows.json"
+    assert main(["eval", "--motion", "--no-self", "--photos", str(photo), "--clips",
+                 str(shared_media / "single_face.mp4"), "--max-seconds", "1", "--reencode", "--json", str(out)]) == 0  # fmt: skip
+    (row,) = json.loads(out.read_text())
+    for figure in REENCODED_FIGURES:
+        assert np.isfinite(row[figure]) and np.isfinite(row[f"{figure}_reencoded"])
+    floor = noise_floor([row])
+    assert floor["aed_rel_max"] == pytest.approx(abs(row["aed_rel_reencoded"] - row["aed_rel"]))
+    assert "noise floor (photos re-encoded as JPEG q97)" in capsys.readouterr().out

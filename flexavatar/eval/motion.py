@@ -25,22 +25,30 @@ its driver, frame by frame:
 Rows: self-reenactment (the avatar made from the clip's own first frame) and
 cross-reenactment (every public photo driven by every public clip), in one table.
 
-    python -m flexavatar eval --motion [--photos a.jpg ...] [--clips c.mp4 ...] [--json out.json]
+``--reencode`` also drives an avatar made from each photo re-encoded as JPEG (quality
+:data:`REENCODE_QUALITY`, an invisible change) and reports how far each row's figures move: the
+noise floor below which a change to the code is not measurable on these rows (measured on 27 rows:
+AED moved by 0.0014 median, 0.005 at most; r_key by a standard deviation of 0.015).
+
+    python -m flexavatar eval --motion [--photos a.jpg ...] [--clips c.mp4 ...] [--reencode] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from flexavatar import pipeline
 from flexavatar.closed_loop import retrack
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
+from flexavatar.images import read_image
 from flexavatar.motion import LIP_CLOSED_GAP, LIP_OPEN_GAP
 from flexavatar.rotations import rotation_angle_deg
 from flexavatar.tracking import track_video
@@ -154,6 +162,31 @@ def motion_metrics(driver, output, reliability: dict[str, float] | None = None) 
     return result
 
 
+#: ``--reencode``: the JPEG quality of the photos' second copies.
+REENCODE_QUALITY = 97
+#: The row figures ``--reencode`` compares.
+REENCODED_FIGURES = ("aed_rel", "r_key", "apd_deg")
+
+
+def reencoded(photo, quality: int = REENCODE_QUALITY) -> np.ndarray:
+    """A photo (path or uint8 [H,W,3]) -> the same photo after a JPEG round trip at ``quality``, uint8."""
+    buffer = io.BytesIO()
+    Image.fromarray(read_image(photo)).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+
+
+def noise_floor(rows: list[dict]) -> dict[str, float]:
+    """Of rows with ``<figure>_reencoded`` (``--reencode``): per figure of :data:`REENCODED_FIGURES`,
+    the median and largest |change| the re-encoding made (``<figure>_median``, ``<figure>_max``)."""
+    out = {}
+    for figure in REENCODED_FIGURES:
+        change = np.array([row[f"{figure}_reencoded"] - row[figure] for row in rows if f"{figure}_reencoded" in row])
+        change = np.abs(change[np.isfinite(change)])
+        out[f"{figure}_median"] = float(np.median(change)) if len(change) else float("nan")
+        out[f"{figure}_max"] = float(change.max()) if len(change) else float("nan")
+    return out
+
+
 def first_frame(clip) -> np.ndarray:
     """The first frame of a video, uint8 [H,W,3] (the photo of a self-reenactment)."""
     frames = iter_frames(clip, max_frames=1)
@@ -172,8 +205,10 @@ def evaluate_reenactment(model, avatar, clip, driver_track, workdir: Path, tag: 
 
 
 def motion_table(model, photos, clips, max_seconds: float = 10.0, self_reenact: bool = True, workdir=None,
-                 **options) -> list[dict]:  # fmt: skip
-    """Rows of metrics: self-reenactment per clip, then every photo x every clip."""
+                 reencode: bool = False, **options) -> list[dict]:  # fmt: skip
+    """Rows of metrics: self-reenactment per clip, then every photo x every clip. ``reencode``:
+    each row also has ``<figure>_reencoded`` (:data:`REENCODED_FIGURES`), the same reenactment
+    of an avatar made from the photo after a JPEG round trip (:func:`reencoded`)."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="flexavatar-motion-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -188,8 +223,14 @@ def motion_table(model, photos, clips, max_seconds: float = 10.0, self_reenact: 
             tag = f"{Path(clip).stem}-{Path(name).stem}"
             metrics = evaluate_reenactment(model, avatar, clip, driver, workdir, tag, max_seconds, reliability,
                                            **options)  # fmt: skip
-            rows.append({"clip": Path(clip).name, "photo": name, **metrics,
-                         **{f"reliability_{k}": v for k, v in reliability.items()}})  # fmt: skip
+            row = {"clip": Path(clip).name, "photo": name, **metrics,
+                   **{f"reliability_{k}": v for k, v in reliability.items()}}  # fmt: skip
+            if reencode:
+                again = pipeline.create_avatar(reencoded(photo), model=model)
+                second = evaluate_reenactment(model, again, clip, driver, workdir, f"{tag}-reencoded", max_seconds,
+                                              reliability, **options)  # fmt: skip
+                row.update({f"{k}_reencoded": second[k] for k in REENCODED_FIGURES})
+            rows.append(row)
     return rows
 
 
@@ -215,6 +256,10 @@ def format_table(rows: list[dict]) -> str:
     for clip, row in clips.items():
         lines.append(f"\n{clip}: driver reliability (VIDEO vs IMAGE mode r) "
                      + " ".join(f"{k} {row[f'reliability_{k}']:.2f}" for k in KEY_BLENDSHAPES))  # fmt: skip
+    if any(f"{REENCODED_FIGURES[0]}_reencoded" in row for row in rows):
+        floor = noise_floor(rows)
+        lines.append(f"\nnoise floor (photos re-encoded as JPEG q{REENCODE_QUALITY}), |change| median / max: "
+                     + ", ".join(f"{k} {floor[f'{k}_median']:.4f} / {floor[f'{k}_max']:.4f}" for k in REENCODED_FIGURES))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -232,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.add_argument("--markdown", default=None, help="also write the table as markdown here")
     p.add_argument("--workdir", default=None, help="keep the reenactment videos here")
+    p.add_argument("--reencode", action="store_true",
+                   help="also drive each photo re-encoded as JPEG and report how far the figures move (twice the time)")
     return p
 
 
@@ -244,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     model = pipeline.load_model(args.weights, args.device)
     start = time.perf_counter()
-    rows = motion_table(model, photos, clips, args.max_seconds, not args.no_self, args.workdir,
+    rows = motion_table(model, photos, clips, args.max_seconds, not args.no_self, args.workdir, args.reencode,
                         **json.loads(args.options))  # fmt: skip
     table = format_table(rows)
     print(table)
