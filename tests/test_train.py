@@ -209,6 +209,11 @@ def test_monocular_pairs_yield_class_1(tiny_model, shared_media):  # trains on .
     assert float(crops[1:].permute(1, 0, 2, 3)[:, clothes[:, 0]].mean()) < 0.5  # a dark shirt in the frame
     assert float(sample.pixel_weight.max()) == pytest.approx(3.0)  # mouth box on a frontal frame
     assert pairs.target_expressions().shape == (2, NUM_EXPRESSIONS)
+    # the source's inner-lip polygon, for encode as inference passes it: around the mouth, in the crop
+    openings = sample.mouth_openings
+    assert openings.shape == (1, 20, 2) and bool(((openings > 0) & (openings < size)).all())
+    landmarks = torch.from_numpy(pairs.fit(0)["mouth_openings"][0])
+    assert torch.equal(openings[0], landmarks) and sample.to("cpu").mouth_openings is not None
 
 
 def test_sampler_raises_mass_of_rare_expressions(capsys):

@@ -112,7 +112,8 @@ def evaluate_model(model, groups, refine_seconds: float = 0.0, keep_images: bool
         crops_d, masks_d, expr_d = crops.to(device), masks.to(device), expressions.to(device)
         cams_d = [c.to(device) for c in cameras]
         with torch.no_grad():
-            avatar = model.encode(crops_d[:1], masks_d[:1], cams_d[:1], identity.to(device), expr_d[:1])
+            openings = torch.from_numpy(fit["mouth_openings"][:1]).to(device)
+            avatar = model.encode(crops_d[:1], masks_d[:1], cams_d[:1], identity.to(device), expr_d[:1], openings)
         if refine_seconds > 0:
             tic = time.perf_counter()
             avatar = refine(model, avatar, crops_d[:1], cams_d[:1], expr_d[:1], seconds=refine_seconds,

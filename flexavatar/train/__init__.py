@@ -56,7 +56,9 @@ class TrainingSample:
     images [V,3,S,S] in [0,1] (white background), masks [V,1,S,S], cameras (V), identity [K],
     expressions [V,57]; targets: target_images [T,3,S,S] (white background), target_cameras
     (T), target_expressions [T,57]; loss_region [T,1,S,S] (1 where the loss counts),
-    pixel_weight [T,1,S,S] (1, or more on the mouth); data_source: 0 multi-view, 1 monocular.
+    pixel_weight [T,1,S,S] (1, or more on the mouth); data_source: 0 multi-view, 1 monocular;
+    mouth_openings [V,20,2] or None: the inputs' inner-lip polygons (real photos; as inference
+    passes them to :meth:`~flexavatar.model.FlexAvatarModel.encode`).
     """
 
     images: torch.Tensor
@@ -70,6 +72,7 @@ class TrainingSample:
     loss_region: torch.Tensor
     pixel_weight: torch.Tensor
     data_source: int
+    mouth_openings: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
 
     def to(self, device) -> TrainingSample:
@@ -78,6 +81,8 @@ class TrainingSample:
             for name in ("images", "masks", "identity", "expressions", "target_images", "target_expressions",
                          "loss_region", "pixel_weight")
         }  # fmt: skip
+        if self.mouth_openings is not None:
+            move["mouth_openings"] = self.mouth_openings.to(device)
         return replace(
             self,
             cameras=[c.to(device) for c in self.cameras],

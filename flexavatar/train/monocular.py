@@ -29,7 +29,8 @@ from flexavatar.train import DEFAULT_VIDEO, MONOCULAR, TRAIN_FRAMES, TrainingSam
 from flexavatar.train.losses import HEAD_REGION_DILATE, head_region, mouth_weight_map
 from flexavatar.video import iter_frames
 
-FIT_VERSION = "1"
+#: Bumped when the cached fit gains or changes an array (2: mouth_openings).
+FIT_VERSION = "2"
 #: Source and target of a pair are at least this many frames apart (when the range allows).
 MIN_PAIR_GAP = 6
 
@@ -56,7 +57,7 @@ def fit_frames(video: VideoFrames, indices: list[int], resolution: int, num_iden
                ) -> dict[str, np.ndarray]:  # fmt: skip
     """Joint ``fit_head`` of 1-4 frames (cached). Returns numpy arrays: masked [N,S,S,3] uint8,
     mask [N,S,S] float32, identity [K], expressions [N,57], viewmats [N,4,4], Ks [N,3,3],
-    residual_px [N], frames [N]."""
+    residual_px [N], frames [N], mouth_openings [N,20,2] crop pixels (the inner-lip polygons)."""
     stat = video.path.stat()
     key = hashlib.sha1(repr((FIT_VERSION, video.path.name, stat.st_size, tuple(indices), resolution,
                              num_identity)).encode()).hexdigest()[:16]  # fmt: skip
@@ -75,6 +76,7 @@ def fit_frames(video: VideoFrames, indices: list[int], resolution: int, num_iden
         "Ks": np.stack([c.K.numpy() for c in fit.cameras]).astype(np.float32),
         "residual_px": fit.residual_px.numpy().astype(np.float32),
         "frames": np.asarray(indices, dtype=np.int64),
+        "mouth_openings": np.stack([c.mouth_opening for c in fit.crops]).astype(np.float32),
     }
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,5 +197,6 @@ class MonocularPairs:
             images=crops[:1], masks=masks[:1], cameras=cameras[:1], identity=identity, expressions=expressions[:1],
             target_images=target_images, target_cameras=cameras[1:], target_expressions=expressions[1:],
             loss_region=region, pixel_weight=weight, data_source=MONOCULAR,
+            mouth_openings=torch.from_numpy(fit["mouth_openings"][:1]),
             info={"video": self.videos[vi].path.name, "source": s, "target": t},
         )  # fmt: skip

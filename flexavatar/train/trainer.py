@@ -87,9 +87,8 @@ class TrainStep(nn.Module):
         with torch.autocast(device_type, enabled=False):  # see enable_network_autocast
             for sample in samples:
                 self._dynamic.clear()
-                avatar = model.encode(
-                    sample.images, sample.masks, sample.cameras, sample.identity, sample.expressions
-                )
+                avatar = model.encode(sample.images, sample.masks, sample.cameras, sample.identity,
+                                      sample.expressions, sample.mouth_openings)  # fmt: skip
                 rgb, _ = model.render(avatar, sample.target_cameras, sample.target_expressions,
                                       data_source=sample.data_source)  # fmt: skip
                 prediction = rgb.permute(0, 3, 1, 2)
