@@ -119,13 +119,13 @@ def create_avatar(
     device = model.device
     crops = torch.from_numpy(np.stack([c.masked for c in fit.crops])).permute(0, 3, 1, 2).float().div(255).to(device)
     masks = torch.from_numpy(np.stack([c.mask for c in fit.crops]))[:, None].float().to(device)
+    openings = torch.from_numpy(np.stack([c.mouth_opening for c in fit.crops])).to(device)  # [V,20,2] crop px
     cameras = [c.to(device) for c in fit.cameras]
     identity = fit.identity.to(device)
     expressions = fit.expressions.to(device)
     start = time.perf_counter()
     _report(progress, "encoding", 0.0)
     with torch.no_grad():
-        openings = torch.from_numpy(np.stack([c.mouth_opening for c in fit.crops])).to(device)
         avatar = model.encode(crops, masks, cameras, identity, expressions, openings)
     timings["encode_s"] = time.perf_counter() - start
     _report(progress, "encoding", 1.0)
