@@ -17,6 +17,7 @@ from flexavatar.closed_loop import avatar_calibration, avatar_response_spans, me
 from flexavatar.eval.motion import (
     MIN_RELIABILITY,
     driver_reliability,
+    format_table,
     image_mode_scores,
     key_scores,
     motion_metrics,
@@ -259,6 +260,15 @@ def test_motion_metrics_of_a_perfect_copy_and_a_frozen_avatar(shared_media):
                                  rotations=np.repeat(driver.rotations[:1], 40, 0))  # fmt: skip
     metrics = motion_metrics(driver, frozen)
     assert metrics["aed_rel"] > 0.005 and abs(metrics["r_key"]) < 1e-6
+    # the parts listed are the driver's largest changes, which the frozen output lacks (signed -)
+    change = driver.blendshapes[:, 1:] - driver.blendshapes[0, 1:]
+    largest = np.argsort(-np.abs(change).mean(0))[:3]
+    assert [part[0] for part in metrics["aed_parts"]] == [MEDIAPIPE_BLENDSHAPE_NAMES[i + 1] for i in largest]
+    name, size, signed = metrics["aed_parts"][0]
+    assert size == pytest.approx(np.abs(change[:, largest[0]]).mean(), abs=1e-4)
+    assert signed == pytest.approx(-change[:, largest[0]].mean(), abs=1e-4)
+    table = format_table([{**metrics, "clip": "single_face.mp4", "photo": "frozen"}])
+    assert f"single_face.mp4 x frozen: {name} {size:.3f} ({signed:+.3f})" in table
 
 
 def test_motion_metrics_skip_what_only_the_tracker_moves():

@@ -18,6 +18,9 @@ its driver, frame by frame:
   since frame 0 (each in its own camera).
 * **out**: fraction of frames where the output's face is not found or its landmark box leaves
   the frame; **size**: std / median of the output face-box width (apparent size steadiness).
+* **AED parts** (listed under the table): each row's :data:`AED_PARTS` scores that add most to
+  its AED, with their mean absolute and signed error (+: the output's change is the larger);
+  where a row fails, they say which face part to look at.
 * **lips**: of the frames where the driver's lips are closed (inner-lip gap below
   :data:`~flexavatar.motion.LIP_CLOSED_GAP` of the face height), the fraction where the output's
   are open (above :data:`~flexavatar.motion.LIP_OPEN_GAP`); NaN when the driver never closes them.
@@ -70,6 +73,8 @@ MIN_RELIABILITY = 0.8
 #: The output face box may come this close to the frame border (fraction of the side) before
 #: the head counts as leaving the frame.
 FRAME_MARGIN = 0.0
+#: The scores with the largest AED contribution listed per row (``aed_parts``).
+AED_PARTS = 3
 _INDEX = {name: i for i, name in enumerate(MEDIAPIPE_BLENDSHAPE_NAMES)}
 
 
@@ -130,8 +135,13 @@ def motion_metrics(driver, output, reliability: dict[str, float] | None = None) 
     first = int(np.argmax(both)) if both.any() else 0
     d_scores = driver.blendshapes[:frames, 1:].astype(np.float64)
     o_scores = output.blendshapes[:frames, 1:].astype(np.float64)
-    delta_error = np.abs((o_scores - o_scores[first]) - (d_scores - d_scores[first]))
+    delta = (o_scores - o_scores[first]) - (d_scores - d_scores[first])  # [T,51] output change - driver's
+    delta_error = np.abs(delta)
     result: dict = {"frames": frames, "aed_rel": float(delta_error[both].mean()) if both.any() else float("nan")}
+    if both.any():  # [name, mean |error|, mean signed error] of the scores that add most to AED
+        per_score, signed = delta_error[both].mean(0), delta[both].mean(0)
+        result["aed_parts"] = [[MEDIAPIPE_BLENDSHAPE_NAMES[i + 1], round(float(per_score[i]), 4), round(float(signed[i]), 4)]
+                               for i in np.argsort(-per_score)[:AED_PARTS]]  # fmt: skip
     d_keys, o_keys = key_scores(driver.blendshapes[:frames]), key_scores(output.blendshapes[:frames])
     moving, moving_any = [], []
     for name in KEY_BLENDSHAPES:
@@ -252,6 +262,11 @@ def format_table(rows: list[dict]) -> str:
                  _fmt(row["apd_deg"]), _fmt(row["out_of_frame"]), _fmt(row["size_std"], 3),
                  _fmt(row.get("lips_open", float("nan")))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    parted = [row for row in rows if row.get("aed_parts")]
+    if parted:
+        lines.append("\nlargest AED parts (mean |output change - driver change|, signed mean):")
+        lines += [f"  {row['clip']} x {row['photo']}: " + ", ".join(f"{name} {size:.3f} ({signed:+.3f})" for name, size, signed
+                                                               in row["aed_parts"]) for row in parted]  # fmt: skip
     clips = {row["clip"]: row for row in rows if f"reliability_{KEY_BLENDSHAPES[0]}" in row}
     for clip, row in clips.items():
         lines.append(f"\n{clip}: driver reliability (VIDEO vs IMAGE mode r) "
