@@ -262,11 +262,11 @@ def format_table(rows: list[dict]) -> str:
                  _fmt(row["apd_deg"]), _fmt(row["out_of_frame"]), _fmt(row["size_std"], 3),
                  _fmt(row.get("lips_open", float("nan")))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    parted = [row for row in rows if row.get("aed_parts")]
-    if parted:
+    with_parts = [row for row in rows if row.get("aed_parts")]
+    if with_parts:
         lines.append("\nlargest AED parts (mean |output change - driver change|, signed mean):")
         lines += [f"  {row['clip']} x {row['photo']}: " + ", ".join(f"{name} {size:.3f} ({signed:+.3f})" for name, size, signed
-                                                               in row["aed_parts"]) for row in parted]  # fmt: skip
+                                                               in row["aed_parts"]) for row in with_parts]  # fmt: skip
     clips = {row["clip"]: row for row in rows if f"reliability_{KEY_BLENDSHAPES[0]}" in row}
     for clip, row in clips.items():
         lines.append(f"\n{clip}: driver reliability (VIDEO vs IMAGE mode r) "
