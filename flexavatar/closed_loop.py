@@ -3,7 +3,8 @@
 The motion calibration (:mod:`flexavatar.calibration`) measures many avatars once; these
 measure the avatar being driven, before it is driven: how far each score moves at full weight
 (:func:`avatar_response_spans`, for :func:`flexavatar.motion.calibration_for_avatar`), how far
-its neutral eyes must open to re-track open (:func:`rest_eye_opening`), and the head rotation
+its neutral eyes must open to re-track open (:func:`rest_eye_opening`) and its brows lift to
+re-track level (:func:`rest_brow_lift`), and the head rotation
 MediaPipe sees in the clip's own expressions (:func:`measured_pose_bias`). Reenactment then
 corrects the clip's expressions on the avatar itself: sampled frames rendered, re-tracked and
 moved toward the driver's scores (:func:`closed_loop_expressions`).
@@ -27,7 +28,6 @@ from flexavatar.motion import (
     POSE_BIAS_SHRINK,
     MotionCalibration,
     calibration_for_avatar,
-    close_opened_eyes,
     driver_score_changes,
     face_part,
     ict_limits,
@@ -36,6 +36,7 @@ from flexavatar.motion import (
     scores_to_ict,
     seal_lips,
 )
+from flexavatar.rest import close_opened_eyes, lower_lifted_brows
 from flexavatar.rotations import matrix_to_axis_angle
 from flexavatar.tracking import detect_face
 from flexavatar.tracking.correspondence import load_correspondence
@@ -49,6 +50,13 @@ _FITTED_LOCK = threading.Lock()
 
 #: :func:`rest_eye_opening`: the eyeWide weights rendered; the last is the most it opens a rest.
 REST_OPENING_STEPS = np.array([0.0, 0.5, 1.0])
+#: :func:`rest_brow_lift`: the brow-raise weights rendered; the last is the most it lifts a rest
+#: (a lift of 0.3 is barely visible; its effect on 29 eval --motion rows is in the README, Motion).
+REST_BROW_STEPS = np.array([0.0, 0.15, 0.3])
+#: ...and only brows that re-track more lowered than the calibration avatars' by more than this
+#: (browDown at rest, eyes opened; re-encoding the photo as JPEG q97 moved that excess by at most
+#: 0.014 on 9 photos): the astronaut's, 0.005 above, stay; single_face.jpg's, 0.17 / 0.10, lift.
+REST_BROW_MARGIN = 0.015
 #: Expressions of a clip rendered and re-tracked to measure the avatar's own expression pose bias
 #: (:func:`measured_pose_bias`) and to correct its expressions (:func:`closed_loop_expressions`).
 POSE_BIAS_SAMPLES = 16
@@ -117,7 +125,8 @@ def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration,
                           with_rest_scores: bool = False):  # fmt: skip
     """[S] how far each score moves when ``avatar`` shows that score's shape(s) at calibration
     weight 1 (times its shape gain) on its neutral ``rest`` [57] (default zeros; its eyes held
-    open, :func:`rest_eye_opening`, let go of in the blinks as driving does): the re-tracked score
+    open, :func:`rest_eye_opening`, and brows lifted, :func:`rest_brow_lift`, let go of in the
+    blinks and frowns as driving does): the re-tracked score
     minus the rest render's, from the avatar's own source camera (NaN where a render is not
     tracked). ``with_rest_scores``: (spans, the rest render's scores [S]). S + 1 renders and
     re-trackings (~2-3 s on 2 CPU cores)."""
@@ -125,11 +134,43 @@ def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration,
     rest = np.zeros(NUM_EXPRESSIONS) if rest is None else np.asarray(rest, np.float64)
     values = np.concatenate([np.zeros((1, len(names))), np.eye(len(names))])
     codes = np.maximum(scores_to_ict(values, names, np.zeros(NUM_EXPRESSIONS), calibration.shape_gains), rest)
-    codes = close_opened_eyes(codes, rest)
+    codes = lower_lifted_brows(close_opened_eyes(codes, rest), rest)
     scores, _ = retrack(render_expressions(model, avatar, codes))
     columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in names]
     spans = scores[1 + np.arange(len(names)), columns] - scores[0, columns]
     return (spans, scores[0, columns]) if with_rest_scores else spans
+
+
+def _rest_lift(model, avatar: Avatar, calibration: MotionCalibration, base: np.ndarray, sides, steps: np.ndarray,
+               margin: float = 0.0) -> np.ndarray:  # fmt: skip
+    """[57] ICT weights on top of ``base`` [57]: for each side ``(shapes, score)``, the smallest
+    weight of ``shapes`` (raised together, from ``steps``, interpolated) at which ``avatar``
+    re-tracks ``score`` no higher than the calibration avatars do at rest (its response at weight
+    0), at most the last step; 0 where it already reads within ``margin`` of that. len(steps)
+    renders, all sides together."""
+    offset = np.zeros(NUM_EXPRESSIONS)
+    if any(score not in calibration.names for _, score in sides):
+        return offset
+    codes = np.repeat(np.asarray(base, np.float64)[None], len(steps), axis=0)
+    for shapes, _ in sides:
+        for shape in shapes:
+            codes[:, EXPRESSION_INDEX[shape]] += steps
+    scores, _ = retrack(render_expressions(model, avatar, codes))
+    for shapes, score in sides:
+        seen = scores[:, MEDIAPIPE_BLENDSHAPE_NAMES.index(score) - 1]
+        target = calibration.responses[calibration.names.index(score), 0]
+        if np.isnan(seen).any() or seen[0] <= target + margin:
+            continue
+        # the smallest lift that re-tracks at the target (readings fall as the shapes rise)
+        reached = np.flatnonzero(seen <= target)
+        if len(reached):
+            k = reached[0]
+            lift = np.interp(target, [seen[k], seen[k - 1]], [steps[k], steps[k - 1]])
+        else:
+            lift = steps[-1]
+        for shape in shapes:
+            offset[EXPRESSION_INDEX[shape]] = float(lift)
+    return offset
 
 
 def rest_eye_opening(model, avatar: Avatar, calibration: MotionCalibration) -> np.ndarray:
@@ -139,28 +180,20 @@ def rest_eye_opening(model, avatar: Avatar, calibration: MotionCalibration) -> n
     after the expression is removed: single_face.jpg's avatar re-tracks a blink of 0.39 at rest
     (the astronaut's 0.07), so its blinks barely register and whatever else moves its lids reads as
     one. :data:`REST_OPENING_STEPS` renders of both eyes opened together, interpolated per eye."""
-    offset = np.zeros(NUM_EXPRESSIONS)
-    sides = [("L", "eyeBlinkLeft"), ("R", "eyeBlinkRight")]
-    if any(name not in calibration.names for _, name in sides):
-        return offset
-    codes = np.zeros((len(REST_OPENING_STEPS), NUM_EXPRESSIONS))
-    for side, _ in sides:
-        codes[:, EXPRESSION_INDEX[f"eyeWide_{side}"]] = REST_OPENING_STEPS
-    scores, _ = retrack(render_expressions(model, avatar, codes))
-    for side, name in sides:
-        seen = scores[:, MEDIAPIPE_BLENDSHAPE_NAMES.index(name) - 1]
-        target = calibration.responses[calibration.names.index(name), 0]
-        if np.isnan(seen).any() or seen[0] <= target:
-            continue
-        # the smallest opening that re-tracks at the target (readings fall as the lids open)
-        reached = np.flatnonzero(seen <= target)
-        if len(reached):
-            k = reached[0]
-            opening = np.interp(target, [seen[k], seen[k - 1]], [REST_OPENING_STEPS[k], REST_OPENING_STEPS[k - 1]])
-        else:
-            opening = REST_OPENING_STEPS[-1]
-        offset[EXPRESSION_INDEX[f"eyeWide_{side}"]] = float(opening)
-    return offset
+    sides = [(["eyeWide_L"], "eyeBlinkLeft"), (["eyeWide_R"], "eyeBlinkRight")]
+    return _rest_lift(model, avatar, calibration, np.zeros(NUM_EXPRESSIONS), sides, REST_OPENING_STEPS)
+
+
+def rest_brow_lift(model, avatar: Avatar, calibration: MotionCalibration, base: np.ndarray) -> np.ndarray:
+    """[57] ICT weights (browInnerUp and browOuterUp of each side, else 0) that lift ``avatar``'s
+    neutral brows on its rest ``base`` [57] (the eyes opened) until they re-track no more lowered
+    than the calibration avatars' do (their browDown at weight 0), at most the last of
+    :data:`REST_BROW_STEPS`. A smiling photo's squint stays in its colours: single_face.jpg's
+    avatar re-tracks browDown 0.19 / 0.14 at rest (the calibration's 0.03), and its smile adds
+    0.27 more; lifted by 0.2 it reads 0.05 at rest and 0.24 smiling. :func:`~flexavatar.motion.lower_lifted_brows`
+    lets go as the brows lower. :data:`REST_BROW_STEPS` renders, interpolated per side."""
+    sides = [(["browInnerUp_L", "browOuterUp_L"], "browDownLeft"), (["browInnerUp_R", "browOuterUp_R"], "browDownRight")]
+    return _rest_lift(model, avatar, calibration, base, sides, REST_BROW_STEPS, REST_BROW_MARGIN)
 
 
 def sample_frames(expressions: np.ndarray, rest: np.ndarray, samples: int) -> np.ndarray:
@@ -324,8 +357,9 @@ def avatar_calibration(model, avatar: Avatar, calibration=None) -> MotionCalibra
             _FITTED.move_to_end(key)
             return _FITTED[key][1]
     opening = rest_eye_opening(model, avatar, loaded)
-    spans, rest_scores = avatar_response_spans(model, avatar, loaded, opening, with_rest_scores=True)
-    fitted = replace(calibration_for_avatar(loaded, spans), rest_offset=opening, rest_scores=rest_scores)
+    rest = opening + rest_brow_lift(model, avatar, loaded, opening)
+    spans, rest_scores = avatar_response_spans(model, avatar, loaded, rest, with_rest_scores=True)
+    fitted = replace(calibration_for_avatar(loaded, spans), rest_offset=rest, rest_scores=rest_scores)
     with _FITTED_LOCK:
         _FITTED[key] = (loaded, fitted)  # the loaded one is held too: its id stays its own
         while len(_FITTED) > FITTED_CALIBRATIONS:

@@ -13,7 +13,9 @@ is its rest score f(w_rest) plus the driver's change from its neutral level (rel
 or the driver's score (absolute), then w = f⁻¹(target). The rest expression is the source
 photo's or, with ``neutralise``, neutral (w_rest = 0): a frowning photo can then smile; eyes a
 smiling photo narrowed in its colours are held open (``MotionCalibration.rest_offset``,
-:func:`flexavatar.closed_loop.rest_eye_opening`; :func:`close_opened_eyes` lets go as they blink).
+:func:`flexavatar.closed_loop.rest_eye_opening`; :func:`close_opened_eyes` lets go as they blink)
+and brows that read as lowered are lifted until they read level
+(:func:`flexavatar.closed_loop.rest_brow_lift`; :func:`lower_lifted_brows` lets go as they frown).
 
 Head pose. The head is fixed in canonical space, so the driver's motion becomes a camera
 (:mod:`flexavatar.framing`): rotation from the driver (relative to its first frame, on top of
@@ -50,6 +52,7 @@ from flexavatar.head.blendshapes import (
     mediapipe_to_ict_matrix,
 )
 from flexavatar.model import Avatar
+from flexavatar.rest import close_opened_eyes, lower_lifted_brows, rest_expression
 
 CALIBRATION_FILE = "motion_calibration.json"
 #: A calibrated response spanning less than this (score units) carries no information: that
@@ -98,8 +101,6 @@ BLINK_GAZE_MIN_WEIGHT = 0.02
 #: jaw reads as pucker 0.02-0.04) into a visible pucker, which on some avatars hides their smile
 #: (tests/test_motion.py's scripted smile r 0.80 without it).
 SCORE_DEADZONE = {"eyeBlinkLeft": 0.1, "eyeBlinkRight": 0.1, "mouthPucker": 0.05}
-#: :func:`close_opened_eyes`: a rest that holds the eyes open lets go of them by this blink weight.
-BLINK_OPENING_FADE = 0.5
 #: Fraction of the expression pose bias the cameras undo. For the per-shape median
 #: (:func:`expression_pose_bias`), half measured better than all of it (eval --motion, mean APD:
 #: public rows 1.26° -> 1.08°, held-out photos x clips 1.26° -> 0.96°; none: 1.24°, 1.19°); for
@@ -157,8 +158,9 @@ class MotionCalibration:
     shape_gains: [S] or None (all 1): the ICT weight of score s's shape(s) at calibration weight 1
         (:data:`SHAPE_GAINS`); :func:`scores_to_ict` / :func:`ict_to_scores` apply it.
     rest_offset: [57] or None: one avatar's neutral rest expression (ICT weights) when it is not
-        all zeros: the eyes opened until they re-track as open as the calibration avatars' do
-        (:func:`flexavatar.closed_loop.rest_eye_opening`); never in the file.
+        all zeros: the eyes opened and the brows lifted until they re-track as open and as level as
+        the calibration avatars' do (:func:`flexavatar.closed_loop.rest_eye_opening`,
+        :func:`flexavatar.closed_loop.rest_brow_lift`); never in the file.
     rest_scores: [S] or None: one avatar's own re-tracked scores at that rest (its photo's colours
         can read as an expression: an "O" mouth's lips as a pucker of 0.64); never in the file.
     """
@@ -357,7 +359,8 @@ def driving_expressions(
     """
     calibration = calibration if calibration is not None else load_calibration()
     expressions = _calibrated_expressions(avatar, driver, relative, neutralise, calibration, fps)
-    expressions = close_opened_eyes(expressions, rest_expression(avatar, neutralise, calibration))
+    rest = rest_expression(avatar, neutralise, calibration)
+    expressions = lower_lifted_brows(close_opened_eyes(expressions, rest), rest)
     if whole_clip:
         expressions = end_gaze_with_blinks(expressions, fps)
     return expressions if lip_gaps is None else seal_lips(expressions, lip_gaps)
@@ -444,29 +447,6 @@ def driver_score_changes(scores: np.ndarray, names, fps: float = 30.0, rest_scor
     delta = np.sign(delta) * np.maximum(np.abs(delta) - dead, 0.0) / (1.0 - dead)
     delta[:, blinks] = np.maximum(delta[:, blinks], 0.0)  # a blink never opens the eyes wider
     return delta
-
-
-def rest_expression(avatar: Avatar | None, neutralise: bool, calibration: MotionCalibration | None = None) -> np.ndarray:
-    """[57] float64 the avatar's rest expression: neutral or its source photo's. Neutral is zeros
-    plus ``calibration.rest_offset`` where the avatar's fitted calibration has one (a smiling
-    photo's eyes, narrowed in its colours, opened to look and re-track open)."""
-    if neutralise or avatar is None:
-        offset = None if calibration is None else calibration.rest_offset
-        return np.zeros(NUM_EXPRESSIONS) if offset is None else np.asarray(offset, np.float64).copy()
-    return avatar.source_expression.detach().cpu().numpy().astype(np.float64)
-
-
-def close_opened_eyes(expressions: np.ndarray, rest: np.ndarray) -> np.ndarray:
-    """[T,57] ICT expressions whose rest [57] holds the eyes open with eyeWide -> [T,57] with that
-    eyeWide fading out as each eye blinks (gone at blink weight :data:`BLINK_OPENING_FADE`): held
-    through a blink it kept the lids apart (a full ICT blink plus eyeWide 0.5 re-tracked at 0.43
-    on single_face.jpg's avatar, 0.73 without)."""
-    out = np.array(expressions, np.float32, copy=True)
-    for side in ("L", "R"):  # the two eyes' columns; vectorised over frames
-        wide, blink = EXPRESSION_INDEX[f"eyeWide_{side}"], EXPRESSION_INDEX[f"eyeBlink_{side}"]
-        held = rest[wide] * np.clip(1.0 - out[:, blink] / BLINK_OPENING_FADE, 0.0, 1.0)
-        out[:, wide] = np.clip(out[:, wide] - rest[wide] + held, 0.0, None)
-    return out
 
 
 def calibration_for_avatar(calibration: MotionCalibration, spans: np.ndarray) -> MotionCalibration:

@@ -26,11 +26,9 @@ from flexavatar.framing import MAX_SHIFT_FRACTION, driving_cameras
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model.avatar import load_avatar
 from flexavatar.motion import (
-    BLINK_OPENING_FADE,
     LIP_CLOSED_GAP,
     LIP_OPEN_GAP,
     POSE_BIAS_SHRINK,
-    close_opened_eyes,
     driving_expressions,
     end_gaze_with_blinks,
     expression_pose_bias,
@@ -40,6 +38,7 @@ from flexavatar.motion import (
     scores_to_ict,
     seal_lips,
 )
+from flexavatar.rest import BLINK_OPENING_FADE, BROW_LIFT_FADE, close_opened_eyes, lower_lifted_brows
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_angle_deg
 from flexavatar.tracking import detect_face, track_video
 from flexavatar.tracking.correspondence import load_correspondence
@@ -421,23 +420,33 @@ def test_turn_gain_makes_a_head_turn_retrack_at_its_size(model, astronaut):
     assert abs(seen["calibrated"] - 15.0) < abs(seen["plain"] - 15.0), seen
 
 
-def test_a_smiling_photos_narrowed_eyes_open_at_the_neutral_rest(model, shared_media):
+def test_a_smiling_photos_rest_reads_neutral(model, shared_media):
     """single_face.jpg smiles: neutralised, its avatar's eyes stay narrow in their colours and
     re-track as half closed (blink 0.39 where the astronaut's read 0.07), so a driver's blink
-    barely registers on it. The fitted calibration opens them with eyeWide until they re-track no
-    more closed than the calibration avatars' do (at most eyeWide 1); the astronaut's barely move."""
+    barely registers on it, and its squint re-tracks as lowered brows (browDown 0.19 / 0.14, the
+    calibration avatars' 0.03), which its smile then deepens. The fitted calibration opens the
+    eyes with eyeWide (at most 1) and lifts the brows with browInnerUp + browOuterUp (at most
+    0.3) until they re-track no more closed or lowered than the calibration avatars' do; the
+    astronaut's barely move."""
     from flexavatar.closed_loop import render_expressions, retrack
 
     blink = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in ("eyeBlinkLeft", "eyeBlinkRight")]
+    brow_down = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in ("browDownLeft", "browDownRight")]
     wide = [EXPRESSION_INDEX["eyeWide_L"], EXPRESSION_INDEX["eyeWide_R"]]
+    lift = [EXPRESSION_INDEX[f"brow{part}Up_{side}"] for part in ("Inner", "Outer") for side in "LR"]
     smiling = pipeline.create_avatar(shared_media / "single_face.jpg", model=model)
     rest = rest_expression(smiling, True, avatar_calibration(model, smiling))
-    assert (rest[wide] > 0.3).all() and np.count_nonzero(rest) == 2
+    assert (rest[wide] > 0.3).all() and (rest[lift] > 0.1).all() and np.count_nonzero(rest) == 6
     assert rest_expression(smiling, False, avatar_calibration(model, smiling))[wide].max() < 0.1  # its own expression
-    scores, _ = retrack(render_expressions(model, smiling, np.stack([np.zeros(NUM_EXPRESSIONS), rest])))
+    eyes_only = rest.copy()
+    eyes_only[lift] = 0.0
+    codes = np.stack([np.zeros(NUM_EXPRESSIONS), eyes_only, rest])
+    scores, _ = retrack(render_expressions(model, smiling, codes))
     assert (scores[0, blink] - scores[1, blink] > 0.1).all()
+    assert (scores[1, brow_down] - scores[2, brow_down] > 0.08).all()
+    assert (scores[2, brow_down] < 0.08).all()
     astronaut = pipeline.create_avatar(shared_media / "astronaut.png", model=model)
-    assert rest_expression(astronaut, True, avatar_calibration(model, astronaut)).max() < 0.1  # already open
+    assert rest_expression(astronaut, True, avatar_calibration(model, astronaut)).max() < 0.1  # already open and level
 
 
 def test_the_rest_lets_go_of_the_eyes_when_they_blink():
@@ -448,6 +457,19 @@ def test_the_rest_lets_go_of_the_eyes_when_they_blink():
     out = close_opened_eyes(frames, rest)
     np.testing.assert_allclose(out[:, EXPRESSION_INDEX["eyeWide_L"]], [0.8, 0.4, 0.0], atol=1e-6)
     np.testing.assert_allclose(out[:, EXPRESSION_INDEX["eyeWide_R"]], 0.8, atol=1e-6)  # that eye stays open
+
+
+def test_the_rest_lets_go_of_the_brows_when_they_frown():
+    lift = {side: [EXPRESSION_INDEX[f"browInnerUp_{side}"], EXPRESSION_INDEX[f"browOuterUp_{side}"]] for side in "LR"}
+    rest = np.zeros(NUM_EXPRESSIONS)
+    rest[lift["L"] + lift["R"]] = 0.2
+    frames = np.repeat(rest[None], 3, axis=0).astype(np.float32)
+    frames[:, EXPRESSION_INDEX["browDown_L"]] = [0.0, BROW_LIFT_FADE / 2, 1.0]
+    frames[2, EXPRESSION_INDEX["browInnerUp_R"]] = 0.5  # the driver raises that side further
+    out = lower_lifted_brows(frames, rest)
+    np.testing.assert_allclose(out[:, lift["L"]], [[0.2, 0.2], [0.1, 0.1], [0.0, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(out[:, lift["R"]], [[0.2, 0.2], [0.2, 0.2], [0.5, 0.2]], atol=1e-6)  # no frown there
+    np.testing.assert_allclose(lower_lifted_brows(frames, np.zeros(NUM_EXPRESSIONS)), frames)  # nothing lifted
 
 
 def test_closed_loop_correction_brings_the_renders_closer_to_the_driver(model, astronaut, shared_media):
