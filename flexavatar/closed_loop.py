@@ -190,7 +190,7 @@ def rest_brow_lift(model, avatar: Avatar, calibration: MotionCalibration, base: 
     than the calibration avatars' do (their browDown at weight 0), at most the last of
     :data:`REST_BROW_STEPS`. A smiling photo's squint stays in its colours: single_face.jpg's
     avatar re-tracks browDown 0.19 / 0.14 at rest (the calibration's 0.03), and its smile adds
-    0.27 more; lifted by 0.2 it reads 0.05 at rest and 0.24 smiling. :func:`~flexavatar.motion.lower_lifted_brows`
+    0.27 more; lifted by 0.2 it reads 0.05 at rest and 0.24 smiling. :func:`~flexavatar.rest.lower_lifted_brows`
     lets go as the brows lower. :data:`REST_BROW_STEPS` renders, interpolated per side."""
     sides = [(["browInnerUp_L", "browOuterUp_L"], "browDownLeft"), (["browInnerUp_R", "browOuterUp_R"], "browDownRight")]
     return _rest_lift(model, avatar, calibration, base, sides, REST_BROW_STEPS, REST_BROW_MARGIN)

@@ -13,9 +13,10 @@ is its rest score f(w_rest) plus the driver's change from its neutral level (rel
 or the driver's score (absolute), then w = f⁻¹(target). The rest expression is the source
 photo's or, with ``neutralise``, neutral (w_rest = 0): a frowning photo can then smile; eyes a
 smiling photo narrowed in its colours are held open (``MotionCalibration.rest_offset``,
-:func:`flexavatar.closed_loop.rest_eye_opening`; :func:`close_opened_eyes` lets go as they blink)
-and brows that read as lowered are lifted until they read level
-(:func:`flexavatar.closed_loop.rest_brow_lift`; :func:`lower_lifted_brows` lets go as they frown).
+:func:`flexavatar.closed_loop.rest_eye_opening`; :func:`flexavatar.rest.close_opened_eyes` lets go
+as they blink) and brows that read as lowered are lifted until they read level
+(:func:`flexavatar.closed_loop.rest_brow_lift`; :func:`flexavatar.rest.lower_lifted_brows` lets go
+as they frown).
 
 Head pose. The head is fixed in canonical space, so the driver's motion becomes a camera
 (:mod:`flexavatar.framing`): rotation from the driver (relative to its first frame, on top of

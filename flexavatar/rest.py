@@ -47,9 +47,10 @@ def close_opened_eyes(expressions: np.ndarray, rest: np.ndarray) -> np.ndarray:
 
 def lower_lifted_brows(expressions: np.ndarray, rest: np.ndarray) -> np.ndarray:
     """[T,57] ICT expressions whose rest [57] lifts the brows (browInnerUp / browOuterUp,
-    :func:`flexavatar.closed_loop.rest_brow_lift`) -> [T,57] with that lift fading out as each
-    side's browDown rises (gone at :data:`BROW_LIFT_FADE`): a driver's frown is not fought by the
-    lift that only made the rest read neutral. Raises the driver adds on top are kept."""
+    :func:`flexavatar.closed_loop.rest_brow_lift`, or a kept source expression's raised brows)
+    -> [T,57] with that lift fading out as each side's browDown rises (gone at
+    :data:`BROW_LIFT_FADE`): a driver's frown is not fought by the lift that only made the rest
+    read neutral. Raises the driver adds on top are kept."""
     out = np.array(expressions, np.float32, copy=True)
     for side in ("L", "R"):  # the two sides' columns; vectorised over frames
         down = out[:, EXPRESSION_INDEX[f"browDown_{side}"]]
