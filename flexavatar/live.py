@@ -28,13 +28,10 @@ from flexavatar.errors import InvalidInputError
 from flexavatar.framing import driving_cameras
 from flexavatar.head.blendshapes import NUM_EXPRESSIONS, mediapipe_to_ict
 from flexavatar.model import Avatar, FlexAvatarModel
-from flexavatar.motion import (
-    MotionCalibration,
-    driving_expressions,
-    rest_expression,
-)
+from flexavatar.motion import MotionCalibration, driving_expressions
 from flexavatar.options import DEFAULTS, WHITE
 from flexavatar.pipeline import _background, _to_uint8, load_model
+from flexavatar.rest import rest_expression
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, relative_rotvecs
 from flexavatar.tracking.correspondence import load_correspondence
 from flexavatar.tracking.detect import (

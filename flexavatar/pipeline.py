@@ -28,13 +28,10 @@ from flexavatar.framing import driving_cameras
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
 from flexavatar.model.network import DeformCache
-from flexavatar.motion import (
-    MotionCalibration,
-    driving_expressions,
-    rest_expression,
-)
+from flexavatar.motion import MotionCalibration, driving_expressions
 from flexavatar.options import DEFAULTS, RESOLUTIONS, RequestOptions
 from flexavatar.refine import refine
+from flexavatar.rest import rest_expression
 from flexavatar.rotations import matrix_to_quat, quat_to_matrix
 from flexavatar.tracking import different_people_warnings, fit_head, track_video, warp_crop
 from flexavatar.video import VideoWriter, iter_frames, probe_video

@@ -34,11 +34,16 @@ from flexavatar.motion import (
     expression_pose_bias,
     identity_calibration,
     load_calibration,
-    rest_expression,
     scores_to_ict,
     seal_lips,
 )
-from flexavatar.rest import BLINK_OPENING_FADE, BROW_LIFT_FADE, close_opened_eyes, lower_lifted_brows
+from flexavatar.rest import (
+    BLINK_OPENING_FADE,
+    BROW_LIFT_FADE,
+    close_opened_eyes,
+    lower_lifted_brows,
+    rest_expression,
+)
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_angle_deg
 from flexavatar.tracking import detect_face, track_video
 from flexavatar.tracking.correspondence import load_correspondence
