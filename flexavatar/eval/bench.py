@@ -10,7 +10,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-TOPICS = ("head", "render", "tracking", "model", "pipeline", "live", "video", "soak")
+TOPICS = ("head", "render", "tracking", "model", "pipeline", "live", "video", "soak", "motion")
 
 
 def run_topic(topic: str, argv: list[str] | None = None) -> None:

@@ -1,0 +1,81 @@
+"""Motion benchmark: ``python -m flexavatar bench motion [--media DIR] [--photo P] [--clip C]``.
+
+What driving an avatar costs on top of tracking the clip and rendering it, per step of
+:func:`flexavatar.pipeline.reenact`: fitting the motion calibration to the avatar (renders, once
+per avatar; then cached), the expression mapping (the calibration inverted, per frame: the
+issue's "< 1 ms/frame"), the closed-loop correction (renders, once per clip) and the cameras
+(per frame). Medians over ``--repeats`` runs where a step is cheap enough to repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from flexavatar import closed_loop, pipeline
+from flexavatar.closed_loop import avatar_calibration, closed_loop_expressions, driver_targets
+from flexavatar.framing import driving_cameras
+from flexavatar.motion import driving_expressions
+from flexavatar.rest import rest_expression
+from flexavatar.tracking import track_video
+
+DEFAULT_MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="flexavatar bench motion", description=__doc__)
+    parser.add_argument("--media", type=Path, default=DEFAULT_MEDIA, help="folder with the test media")
+    parser.add_argument("--photo", default="astronaut.png", help="the avatar's photo (in --media, or a path)")
+    parser.add_argument("--clip", default="single_face.mp4", help="the driving clip (in --media, or a path)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv or [])
+    photo, clip = (p if Path(p).exists() else args.media / p for p in (args.photo, args.clip))
+    model = pipeline.load_model()
+    avatar = pipeline.create_avatar([photo], model=model)
+    track = track_video(clip, max_frames=int(10 * track_video(clip, max_frames=1).fps))
+    frames = track.frame_count
+    print(f"{Path(photo).name} driven by {Path(clip).name}: {frames} frames (10 s at most)")
+
+    closed_loop._FITTED.clear()  # the first fit of this avatar, as a reenactment of a new one pays it
+    start = time.perf_counter()
+    calibration = avatar_calibration(model, avatar)
+    fit_s = time.perf_counter() - start
+    cached_s = _median_seconds(lambda: avatar_calibration(model, avatar), args.repeats)
+    print(f"calibration fitted to the avatar (rest lifts + response spans, renders): {fit_s:.2f} s once, "
+          f"{cached_s * 1000:.1f} ms when cached")  # fmt: skip
+
+    def mapping():
+        expressions = driving_expressions(avatar, track.expressions, True, True, calibration, track.fps,
+                                          lip_gaps=track.lip_gaps)  # fmt: skip
+        return expressions, driver_targets(track.expressions, calibration, True, track.fps)
+
+    mapping_s = _median_seconds(mapping, args.repeats)
+    print(f"expression mapping (calibration inverted, cross-talk solved, blinks, lip seal): "
+          f"{mapping_s / frames * 1000:.3f} ms/frame (target < 1)")  # fmt: skip
+    expressions, targets = mapping()
+    rest = rest_expression(avatar, True, calibration)
+    start = time.perf_counter()
+    _, bias = closed_loop_expressions(model, avatar, expressions, rest, targets, calibration, True, track.lip_gaps)
+    loop_s = time.perf_counter() - start
+    print(f"closed-loop correction (sampled frames rendered and re-tracked): {loop_s:.2f} s per clip "
+          f"= {loop_s / frames * 1000:.1f} ms/frame over this clip")  # fmt: skip
+    head_centre = model.head.head_centre().double().cpu().numpy()
+    cameras_s = _median_seconds(lambda: driving_cameras(avatar, head_centre, track.rotations, track.translations, True,
+                                                        512, rotation_bias=bias, calibration=calibration),
+                                args.repeats)  # fmt: skip
+    print(f"cameras (rotation, damped translation, pose bias): {cameras_s / frames * 1000:.3f} ms/frame")
+
+
+if __name__ == "__main__":
+    main()
