@@ -10,27 +10,18 @@ issue's "< 1 ms/frame"), the closed-loop correction (renders, once per clip) and
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
 from flexavatar import closed_loop, pipeline
 from flexavatar.closed_loop import avatar_calibration, closed_loop_expressions, driver_targets
+from flexavatar.eval.bench import median_ms
 from flexavatar.framing import driving_cameras
 from flexavatar.motion import driving_expressions
 from flexavatar.rest import rest_expression
 from flexavatar.tracking import track_video
 
 DEFAULT_MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,18 +42,18 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     calibration = avatar_calibration(model, avatar)
     fit_s = time.perf_counter() - start
-    cached_s = _median_seconds(lambda: avatar_calibration(model, avatar), args.repeats)
+    cached_ms = median_ms(lambda: avatar_calibration(model, avatar), args.repeats)
     print(f"calibration fitted to the avatar (rest lifts + response spans, renders): {fit_s:.2f} s once, "
-          f"{cached_s * 1000:.1f} ms when cached")  # fmt: skip
+          f"{cached_ms:.1f} ms when cached")  # fmt: skip
 
     def mapping():
         expressions = driving_expressions(avatar, track.expressions, True, True, calibration, track.fps,
                                           lip_gaps=track.lip_gaps)  # fmt: skip
         return expressions, driver_targets(track.expressions, calibration, True, track.fps)
 
-    mapping_s = _median_seconds(mapping, args.repeats)
+    mapping_ms = median_ms(mapping, args.repeats)
     print(f"expression mapping (calibration inverted, cross-talk solved, blinks, lip seal): "
-          f"{mapping_s / frames * 1000:.3f} ms/frame (target < 1)")  # fmt: skip
+          f"{mapping_ms / frames:.3f} ms/frame (target < 1)")  # fmt: skip
     expressions, targets = mapping()
     rest = rest_expression(avatar, True, calibration)
     start = time.perf_counter()
@@ -71,10 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"closed-loop correction (sampled frames rendered and re-tracked): {loop_s:.2f} s per clip "
           f"= {loop_s / frames * 1000:.1f} ms/frame over this clip")  # fmt: skip
     head_centre = model.head.head_centre().double().cpu().numpy()
-    cameras_s = _median_seconds(lambda: driving_cameras(avatar, head_centre, track.rotations, track.translations, True,
-                                                        512, rotation_bias=bias, calibration=calibration),
-                                args.repeats)  # fmt: skip
-    print(f"cameras (rotation, damped translation, pose bias): {cameras_s / frames * 1000:.3f} ms/frame")
+    cameras_ms = median_ms(lambda: driving_cameras(avatar, head_centre, track.rotations, track.translations, True,
+                                                   512, rotation_bias=bias, calibration=calibration),
+                           args.repeats)  # fmt: skip
+    print(f"cameras (rotation, damped translation, pose bias): {cameras_ms / frames:.3f} ms/frame")
 
 
 if __name__ == "__main__":
