@@ -20,21 +20,23 @@ from flexavatar.framing import driving_cameras
 from flexavatar.motion import driving_expressions
 from flexavatar.rest import rest_expression
 from flexavatar.tracking import track_video
-
-DEFAULT_MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
+from flexavatar.train import media_dir
+from flexavatar.video import probe_video
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="flexavatar bench motion", description=__doc__)
-    parser.add_argument("--media", type=Path, default=DEFAULT_MEDIA, help="folder with the test media")
+    parser.add_argument("--media", type=Path, default=None, help="folder with the test media (default: ../shared/media)")
     parser.add_argument("--photo", default="astronaut.png", help="the avatar's photo (in --media, or a path)")
     parser.add_argument("--clip", default="single_face.mp4", help="the driving clip (in --media, or a path)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv or [])
-    photo, clip = (p if Path(p).exists() else args.media / p for p in (args.photo, args.clip))
+    media = args.media or media_dir()
+    photo, clip = (p if Path(p).exists() else media / p for p in (args.photo, args.clip))
     model = pipeline.load_model()
     avatar = pipeline.create_avatar([photo], model=model)
-    track = track_video(clip, max_frames=int(10 * track_video(clip, max_frames=1).fps))
+    info = probe_video(clip)  # probed once; tracking takes the VideoInfo
+    track = track_video(info, max_frames=int(10 * info.fps))
     frames = track.frame_count
     print(f"{Path(photo).name} driven by {Path(clip).name}: {frames} frames (10 s at most)")
 
