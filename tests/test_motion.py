@@ -25,6 +25,7 @@ from flexavatar.eval.motion import (
 from flexavatar.framing import MAX_SHIFT_FRACTION, driving_cameras
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model.avatar import load_avatar
+from flexavatar.model.field import ATTRIBUTE_SLICES, LID_FEATHER_FRACTION, LID_MARGIN_FRACTION
 from flexavatar.motion import (
     LIP_CLOSED_GAP,
     LIP_OPEN_GAP,
@@ -311,6 +312,33 @@ def test_closed_eyes_retrack_as_closed(model, astronaut):
     columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) for n in ("eyeBlinkLeft", "eyeBlinkRight")]
     blinks = np.array([detect_face(f, with_mask=False).blendshapes[columns] for f in _render(model, astronaut, codes)])
     assert (blinks[2] > 0.55).all() and (blinks[2] >= blinks[1] - 0.02).all() and (blinks[0] < 0.15).all(), blinks
+
+
+def test_shut_lids_show_skin_and_a_lash_line(model, astronaut):
+    """Shut, a lid shows the skin around it and a dark lash line at its margin, not the lashes and
+    shadow the photo showed around the open eye (a blink stretched them into a ring); the other
+    eye, still open, keeps the avatar's own colours."""
+    blink_l, blink_r = EXPRESSION_INDEX["eyeBlink_L"], EXPRESSION_INDEX["eyeBlink_R"]
+    codes = np.zeros((3, NUM_EXPRESSIONS), np.float32)
+    codes[1, [blink_l, blink_r]] = 1.0
+    codes[2, blink_l] = 1.0  # the left eye alone
+    with torch.no_grad():
+        colours = model.deform(astronaut, torch.from_numpy(codes))["colors"]  # [3,N,3]
+    luma = colours @ torch.tensor([0.299, 0.587, 0.114])
+    own = model.atlas.gather(astronaut.static_maps[None, ATTRIBUTE_SLICES["colour"]])[0].clamp(0, 1)  # [N,3]
+    eyes = ("left", "right")
+    for name, closure, border in zip(eyes, model.lid_closure, model.lid_borders):
+        lid, skin, margin = closure > 0, closure > LID_FEATHER_FRACTION, closure > LID_MARGIN_FRACTION
+        skin &= ~margin
+        assert margin.any() and skin.sum() > 10 and border.sum() > skin.sum() and not (border & lid).any(), name
+        assert luma[0, lid].std() > 0.05, name  # open: the photo's lashes and shadow
+        assert colours[1, skin].std(0).max() < 1e-4, name  # shut: one skin colour ...
+        around, around_luma = own[border], own[border] @ torch.tensor([0.299, 0.587, 0.114])
+        around = around[around_luma >= around_luma.median()].median(0).values
+        torch.testing.assert_close(colours[1, skin][0], around)  # ... that of the skin around the lid
+        assert luma[1, skin].mean() - luma[1, margin].mean() > 0.2, name  # and a darker lash line
+    right = model.lid_closure[1] > 0
+    torch.testing.assert_close(colours[2, right], colours[0, right], atol=2e-3, rtol=0)  # the open eye: as it was
 
 
 #: MediaPipe's inner-lip contour and face oval (landmark indices).

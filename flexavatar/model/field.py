@@ -62,6 +62,90 @@ def eyelid_texels(atlas, neutral: torch.Tensor, blink: torch.Tensor) -> torch.Te
     return (points[1:] - points[:1]).norm(dim=-1).amax(0) > EYELID_MOVE_M
 
 
+#: :func:`shut_lid_colours`: a lid starts taking its shut colours at this blink weight and has
+#: them all from :data:`SHUT_LID_FULL` on.
+SHUT_LID_START = 0.25
+SHUT_LID_FULL = 0.75
+#: :func:`lid_closure`: the upper lid's margin, where a shut eye shows its lash line, is where a
+#: full blink moves the lid by more than this fraction of its largest motion (6 texels per eye).
+#: MediaPipe read single_face.jpg's avatar's full blink as 0.62 / 0.55 at 0.7 (4 texels), 0.70 /
+#: 0.64 at 0.65, 0.75 / 0.65 at 0.6 (0.74 / 0.65 with the photo's own lid colours: the ring).
+LID_MARGIN_FRACTION = 0.6
+#: ...and the lid's texels take their shut colours in full only where the blink moves them by
+#: more than this fraction; less toward the crease, so the recoloured lid has no edge.
+LID_FEATHER_FRACTION = 0.3
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def lid_closure(atlas, neutral: torch.Tensor, blink: torch.Tensor) -> torch.Tensor:
+    """[2,N] how far each eye's full blink (``blink`` [2,V,3] metres, one mesh per eye) moves each
+    texel from ``neutral`` [1,V,3], as a fraction of that eye's largest motion; 0 off the lid
+    (moved under :data:`EYELID_MOVE_M`)."""
+    points = atlas.surface_points(torch.cat([neutral, blink]))
+    move = (points[1:] - points[:1]).norm(dim=-1)  # [2,N] metres
+    return torch.where(move > EYELID_MOVE_M, move / move.amax(1, keepdim=True), torch.zeros_like(move))
+
+
+#: :func:`lid_borders`: the skin around a lid is the texels off it within this distance of it
+#: (metres, template head).
+LID_BORDER_M = 0.006
+
+
+def lid_borders(atlas, neutral: torch.Tensor, closure: torch.Tensor) -> torch.Tensor:
+    """[2,N] bool: per eye, the texels off both lids within :data:`LID_BORDER_M` of that eye's lid
+    (``closure`` [2,N], :func:`lid_closure`) on ``neutral`` [1,V,3]: the skin around it."""
+    points = atlas.surface_points(neutral)[0]  # [N,3]
+    off_lids = ~(closure > 0).any(0)
+    borders = []
+    for eye in closure > 0:
+        lid = points[eye]
+        near = off_lids & ((points - lid.mean(0)).norm(dim=-1) < (lid - lid.mean(0)).norm(dim=-1).max() + LID_BORDER_M)
+        close = torch.cdist(points[near], lid).amin(1) < LID_BORDER_M
+        border = torch.zeros_like(eye)
+        border[near.nonzero()[:, 0]] = close
+        borders.append(border)
+    return torch.stack(borders)
+
+
+def shut_lid_targets(colours: torch.Tensor, closure: torch.Tensor, borders: torch.Tensor) -> torch.Tensor:
+    """[N,3] the colour each eyelid texel takes when its eye is shut (0 off the lids), from the
+    avatar's texel ``colours`` [N,3] and the lids' ``closure`` [2,N] (:func:`lid_closure`).
+
+    Per eye: the skin is the per-channel median of the brighter half of the skin around the lid
+    (``borders`` [2,N], :func:`lid_borders`; the lid's own brighter half, eye shadow on a made-up
+    eye, showed as a patch); the margin (:data:`LID_MARGIN_FRACTION`) takes the median of the
+    lid's darker quarter, a lash line (with skin alone MediaPipe read the astronaut's shut eyes
+    as blink 0.32 / 0.16, against 0.70 / 0.61 with the photo's own lid colours)."""
+    luma = colours @ torch.tensor(_LUMA, dtype=colours.dtype, device=colours.device)
+    target = torch.zeros_like(colours)
+    for eye, border in zip(closure, borders):  # the two eyes
+        lid = eye > 0
+        lid_colours, lid_luma = colours[lid], luma[lid]
+        border_colours, border_luma = colours[border], luma[border]
+        skin = border_colours[border_luma >= border_luma.median()].median(0).values
+        lash = lid_colours[lid_luma <= torch.quantile(lid_luma, 0.25)].median(0).values
+        margin = eye > LID_MARGIN_FRACTION
+        target = torch.where((lid & ~margin)[:, None], skin, target)
+        target = torch.where(margin[:, None], lash, target)
+    return target
+
+
+def shut_lid_colours(colours: torch.Tensor, blinks: torch.Tensor, targets: torch.Tensor, closure: torch.Tensor) -> torch.Tensor:
+    """[B,N,3] texel ``colours`` with each eyelid's texels (``closure`` [2,N], :func:`lid_closure`)
+    going to their shut colours (``targets`` [N,3], :func:`shut_lid_targets`) as the eye shuts
+    (``blinks`` [B,2] ICT eyeBlink_L / _R weights, :data:`SHUT_LID_START` to
+    :data:`SHUT_LID_FULL`), feathered toward the crease (:data:`LID_FEATHER_FRACTION`).
+
+    A photo shows an open eye: its lid texels hold the lashes and shadow around it, and on a
+    narrowed eye some of the eye itself. A blink stretches them over the eye, where they showed
+    as a dark ring around a pale patch (single_face.jpg's avatar; a driver holding her eyes shut
+    showed it for seconds)."""
+    shut = ((blinks - SHUT_LID_START) / (SHUT_LID_FULL - SHUT_LID_START)).clamp(0.0, 1.0)  # [B,2]
+    feather = (closure / LID_FEATHER_FRACTION).clamp(0.0, 1.0).to(colours.dtype)  # [2,N]
+    weight = (shut[:, :, None] * feather[None]).amax(1)[..., None]  # [B,N,1]
+    return colours + weight * (targets[None] - colours)
+
+
 def surface_stretch(atlas, vertices: torch.Tensor, neutral: torch.Tensor, texels: torch.Tensor | None = None) -> torch.Tensor:
     """[B,N] how much each texel's surface is stretched in ``vertices`` [B,V,3] relative to
     ``neutral`` [1,V,3]: sqrt of the anchoring triangle's area ratio, in [1, MAX_STRETCH]; 1

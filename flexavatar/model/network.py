@@ -20,8 +20,13 @@ from flexavatar.model.evidence import uv_evidence
 from flexavatar.model.field import (
     ATTRIBUTE_SLICES,
     NUM_ATTRIBUTES,
+    SHUT_LID_START,
     eyelid_texels,
     gaussians_from_attributes,
+    lid_borders,
+    lid_closure,
+    shut_lid_colours,
+    shut_lid_targets,
     surface_stretch,
     texel_spacing,
 )
@@ -144,6 +149,9 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         blinks = torch.zeros(2, NUM_EXPRESSIONS)
         blinks[0, EXPRESSION_INDEX["eyeBlink_L"]] = blinks[1, EXPRESSION_INDEX["eyeBlink_R"]] = 1.0
         blink_meshes = self.head.vertices(None, blinks)
+        closure = lid_closure(self.atlas, neutral, blink_meshes)
+        self.register_buffer("lid_closure", closure, persistent=False)  # [2,N]
+        self.register_buffer("lid_borders", lid_borders(self.atlas, neutral, closure), persistent=False)  # [2,N]
         self.register_buffer("eyelid", eyelid_texels(self.atlas, neutral, blink_meshes), persistent=False)
         # [1,R,R] where encode low-passes the colour correction on unseen texels
         # (smooth_where_unseen): face skin; eyelids keep theirs, because the skin a blink uncovers
@@ -329,6 +337,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         ``cache``: :meth:`prepare_deform` of this avatar, for inference frame by frame.
         """
         expressions = expressions.to(self.device)
+        colour = ATTRIBUTE_SLICES["colour"]
         if cache is None:
             neutral, vertices = self.head.vertices(avatar.identity[None]), self.mesh(avatar.identity, expressions)
         else:
@@ -339,8 +348,15 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         if cache is None:
             attributes = self.atlas.gather(avatar.static_maps[None] + dynamic)  # [B,N,14]
             spacing = self.spacing(neutral)
+            static_colours = self.atlas.gather(avatar.static_maps[None, colour])[0]
         else:
             attributes, spacing = cache.static_texels + self.atlas.gather(dynamic), cache.spacing
+            static_colours = cache.static_texels[0, :, colour]
+        blinks = expressions[:, [EXPRESSION_INDEX["eyeBlink_L"], EXPRESSION_INDEX["eyeBlink_R"]]].to(attributes)
+        if (blinks > SHUT_LID_START).any():  # shut lids take skin and a lash line (shut_lid_colours)
+            targets = shut_lid_targets(static_colours.detach().clamp(0.0, 1.0), self.lid_closure, self.lid_borders)
+            shut = shut_lid_colours(attributes[..., colour], blinks, targets, self.lid_closure)
+            attributes = torch.cat([attributes[..., : colour.start], shut, attributes[..., colour.stop :]], -1)
         cfg = self.config
         return gaussians_from_attributes(
             self.atlas,
