@@ -84,6 +84,11 @@ DRIVER_NEUTRAL_PERCENTILE = 5.0
 #: this many seconds, smoothed), because a driver's smile or squint narrows the eyes and raises
 #: the blink score for seconds; amplified by the calibration that would half-close the avatar's eyes.
 BLINK_BASELINE_S = 1.0
+#: ... but never more than this above the driver's neutral level (its low percentile over the
+#: clip): a smile or squint raised the local level by 0.01-0.15 in every clip measured, eyes held
+#: shut by 0.58-0.75 (WolfgangLanger_Pexels.mp4: a woman crying with her eyes shut for 6 s), and
+#: eyes held shut were their own baseline: the avatar's stayed open.
+BLINK_BASELINE_MAX_RISE = 0.2
 BLINK_SCORES = ("eyeBlinkLeft", "eyeBlinkRight")
 #: :func:`end_gaze_with_blinks`: near a blink (weight above BLINK_GAZE_MIN_WEIGHT, or this many
 #: seconds from one: a frame at 30 fps) an eye looks down at most its local level plus
@@ -424,7 +429,8 @@ def _calibrated_expressions(avatar, driver, relative, neutralise, calibration, f
 def driver_score_changes(scores: np.ndarray, names, fps: float = 30.0, rest_scores: np.ndarray | None = None) -> np.ndarray:
     """[T,S] the driver's MediaPipe scores (named ``names``) -> [T,S] each score's change from the
     driver's neutral level (:data:`DRIVER_NEUTRAL_PERCENTILE`, never above frame 0; blinks from
-    their local level, :data:`BLINK_BASELINE_S`), small changes dropped (:data:`SCORE_DEADZONE`),
+    their local level, :data:`BLINK_BASELINE_S`, at most :data:`BLINK_BASELINE_MAX_RISE` above
+    it), small changes dropped (:data:`SCORE_DEADZONE`),
     blinks never negative: what relative driving adds to the avatar's rest score.
 
     rest_scores [S] (optional): the avatar's own scores at its rest. Where the driver's frame 0
@@ -442,7 +448,8 @@ def driver_score_changes(scores: np.ndarray, names, fps: float = 30.0, rest_scor
     blinks = [names.index(n) for n in BLINK_SCORES if n in names]
     window = max(1, int(round(BLINK_BASELINE_S * fps)))
     local = minimum_filter1d(scores[:, blinks], window, axis=0, mode="nearest")
-    neutral[:, blinks] = np.maximum(neutral[:, blinks], uniform_filter1d(local, window, axis=0, mode="nearest"))
+    local = np.minimum(uniform_filter1d(local, window, axis=0, mode="nearest"), neutral[:, blinks] + BLINK_BASELINE_MAX_RISE)
+    neutral[:, blinks] = np.maximum(neutral[:, blinks], local)
     delta = scores - neutral
     dead = np.array([SCORE_DEADZONE.get(n, 0.0) for n in names])
     delta = np.sign(delta) * np.maximum(np.abs(delta) - dead, 0.0) / (1.0 - dead)

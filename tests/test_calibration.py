@@ -18,6 +18,8 @@ from flexavatar.calibration import (
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.motion import (
     AVATAR_RESPONSE_RANGE,
+    BLINK_BASELINE_MAX_RISE,
+    SCORE_DEADZONE,
     calibration_for_avatar,
     driver_score_changes,
     driving_expressions,
@@ -206,3 +208,22 @@ def test_an_o_mouth_avatar_is_not_driven_to_a_kiss_by_a_resting_driver(model, sh
     column = EXPRESSION_INDEX["mouthPucker"]
     assert unmeasured[:10, column].mean() > 0.3, unmeasured[:10, column]
     assert measured[:10, column].mean() < 0.5 * unmeasured[:10, column].mean(), measured[:10, column]
+
+
+def test_eyes_held_shut_are_not_their_own_blink_baseline():
+    """A blink's neutral level is the driver's local one, so eyes a smile narrows for seconds do
+    not half-close the avatar's; but it stays within BLINK_BASELINE_MAX_RISE of the clip's: eyes
+    held shut for seconds (WolfgangLanger_Pexels.mp4 cries with hers shut for 6 s) were their own
+    baseline, and the avatar's stayed open."""
+    names = ["eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft"]
+    scores = np.full((240, 3), 0.05)
+    scores[30:150, :2] = 0.8  # eyes held shut for 4 s (30 fps)
+    scores[180:, :2] = 0.17  # then a smile narrows them for 2 s
+    scores[180:, 2] = 0.8
+    changes = driver_score_changes(scores, names, fps=30.0)
+    rise = 0.8 - (0.05 + BLINK_BASELINE_MAX_RISE)
+    deadzone = SCORE_DEADZONE["eyeBlinkLeft"]
+    np.testing.assert_allclose(changes[45:135, :2], (rise - deadzone) / (1 - deadzone), atol=1e-6)
+    np.testing.assert_allclose(changes[195:, :2], 0.0, atol=1e-6)  # the smile's narrowed eyes
+    assert changes[195:, 2].min() > 0.7
+
