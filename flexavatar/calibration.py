@@ -32,8 +32,7 @@ import torch
 
 from flexavatar import pipeline
 from flexavatar.assets import SHIPPED_WEIGHTS
-from flexavatar.closed_loop import render_expressions, retrack
-from flexavatar.framing import driving_cameras
+from flexavatar.closed_loop import render_expressions, retrack, sweep_turns, turn_gain
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel
 from flexavatar.motion import (
@@ -58,10 +57,6 @@ SCORE_PAIRS = tuple(
     for i, n in enumerate(SCORE_NAMES)
     if n.endswith("Left") and n not in ("jawLeft", "mouthLeft", "eyeLookInLeft", "eyeLookOutLeft")
 )
-#: Head turns (degrees about each camera axis) of the pose-gain sweep: MediaPipe sees an
-#: avatar's head turns smaller than they are (yaw ~0.87x), so the cameras turn it further.
-TURN_DEGREES = np.array([-20.0, -10.0, 10.0, 20.0])
-TURN_GAIN_RANGE = (0.7, 1.3)
 
 
 def shape_gains() -> np.ndarray:
@@ -121,46 +116,6 @@ def merge_pair_sweeps(
     for (left, right), turn in zip(SCORE_PAIRS, pair_rotations, strict=True):
         rotations[left] = rotations[right] = turn / 2
     return scores, rotations
-
-
-def sweep_turns(model: FlexAvatarModel, avatar: Avatar, degrees: np.ndarray = TURN_DEGREES) -> np.ndarray:
-    """[3,D,2] how MediaPipe sees the neutral ``avatar`` turned about its head centre: for each
-    camera axis (x pitch, y yaw, z roll) and each angle in ``degrees``, the commanded and the
-    re-tracked rotation about that axis (degrees, relative to the unturned render; NaN if untracked)."""
-    source = avatar.source_camera
-    head_centre = model.head.head_centre().double().cpu().numpy()
-    turns = np.zeros((3 * len(degrees), 3))
-    for axis in range(3):
-        turns[axis * len(degrees) : (axis + 1) * len(degrees), axis] = np.radians(degrees)
-    turns = np.concatenate([np.zeros((1, 3)), turns])
-    still = matrix_to_axis_angle(np.repeat(source.viewmat[:3, :3].double().cpu().numpy()[None], len(turns), 0))
-    translations = np.repeat(source.viewmat[:3, 3].double().cpu().numpy()[None], len(turns), 0)
-    # a still driver and a "bias" of minus the turn: the head turns by exactly ``turns`` about its centre
-    cameras = driving_cameras(avatar, head_centre, still, translations, True, source.width, rotation_bias=-turns)
-    with torch.no_grad():
-        rgb, _ = model.render(avatar, cameras, torch.zeros(1, NUM_EXPRESSIONS, device=model.device))
-    _, rotations = retrack((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
-    seen = np.degrees(matrix_to_axis_angle(np.nan_to_num(rotations @ np.swapaxes(rotations[0], -1, -2))))
-    seen[np.isnan(rotations).any((1, 2))] = np.nan
-    out = np.zeros((3, len(degrees), 2))
-    for axis in range(3):
-        rows = slice(1 + axis * len(degrees), 1 + (axis + 1) * len(degrees))
-        out[axis, :, 0], out[axis, :, 1] = degrees, seen[rows, axis]
-    return out
-
-
-def turn_gain(turns: np.ndarray) -> np.ndarray:
-    """[3] re-tracked / commanded rotation per camera axis (x pitch, y yaw, z roll) from
-    :func:`sweep_turns` results [A,3,D,2] of A avatars (least squares through 0, avatars and both
-    turn directions pooled: one gain per axis measured better than one per direction), within
-    :data:`TURN_GAIN_RANGE`."""
-    gains = np.ones(3)
-    for axis in range(3):
-        commanded, seen = turns[:, axis, :, 0].ravel(), turns[:, axis, :, 1].ravel()
-        ok = ~np.isnan(seen)
-        if ok.sum() >= 2:
-            gains[axis] = (commanded[ok] * seen[ok]).sum() / (commanded[ok] ** 2).sum()
-    return np.clip(gains, *TURN_GAIN_RANGE)
 
 
 def monotone(values: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from flexavatar.errors import InvalidInputError
+from flexavatar.framing import driving_cameras
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model import Avatar
 from flexavatar.motion import (
@@ -341,13 +342,69 @@ def closed_loop_expressions(model, avatar: Avatar, expressions: np.ndarray, rest
     return out, blend_samples(expressions, sample_codes, bias)
 
 
+#: Head turns (degrees about each camera axis) of the pose-gain sweep (:func:`sweep_turns`):
+#: MediaPipe sees an avatar's head turns smaller than they are (yaw ~0.87x), so the cameras turn
+#: it further.
+TURN_DEGREES = np.array([-20.0, -10.0, 10.0, 20.0])
+TURN_GAIN_RANGE = (0.7, 1.3)
+
+
+def sweep_turns(model, avatar: Avatar, degrees: np.ndarray = TURN_DEGREES) -> np.ndarray:
+    """[3,D,2] how MediaPipe sees the neutral ``avatar`` turned about its head centre: for each
+    camera axis (x pitch, y yaw, z roll) and each angle in ``degrees``, the commanded and the
+    re-tracked rotation about that axis (degrees, relative to the unturned render; NaN if untracked)."""
+    source = avatar.source_camera
+    head_centre = model.head.head_centre().double().cpu().numpy()
+    turns = np.zeros((3 * len(degrees), 3))
+    for axis in range(3):
+        turns[axis * len(degrees) : (axis + 1) * len(degrees), axis] = np.radians(degrees)
+    turns = np.concatenate([np.zeros((1, 3)), turns])
+    still = matrix_to_axis_angle(np.repeat(source.viewmat[:3, :3].double().cpu().numpy()[None], len(turns), 0))
+    translations = np.repeat(source.viewmat[:3, 3].double().cpu().numpy()[None], len(turns), 0)
+    # a still driver and a "bias" of minus the turn: the head turns by exactly ``turns`` about its centre
+    cameras = driving_cameras(avatar, head_centre, still, translations, True, source.width, rotation_bias=-turns)
+    with torch.no_grad():
+        rgb, _ = model.render(avatar, cameras, torch.zeros(1, NUM_EXPRESSIONS, device=model.device))
+    _, rotations = retrack((rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
+    seen = np.degrees(matrix_to_axis_angle(np.nan_to_num(rotations @ np.swapaxes(rotations[0], -1, -2))))
+    seen[np.isnan(rotations).any((1, 2))] = np.nan
+    out = np.zeros((3, len(degrees), 2))
+    for axis in range(3):
+        rows = slice(1 + axis * len(degrees), 1 + (axis + 1) * len(degrees))
+        out[axis, :, 0], out[axis, :, 1] = degrees, seen[rows, axis]
+    return out
+
+
+def turn_gain(turns: np.ndarray, by_direction: bool = False) -> np.ndarray:
+    """[3] re-tracked / commanded rotation per camera axis (x pitch, y yaw, z roll) from
+    :func:`sweep_turns` results [A,3,D,2] of A avatars (least squares through 0, avatars and both
+    turn directions pooled), within :data:`TURN_GAIN_RANGE`; ``by_direction``: [3,2], the turns
+    in the negative and in the positive direction of each axis apart.
+
+    Pooled over the calibration avatars, one gain per axis measured better than one per
+    direction. Per avatar the directions differ: MediaPipe saw a 20° turn up (pitch -20°) at its
+    size (1.0-1.12x on 4 of 5 calibration avatars) and a turn down at 0.75-0.94x, so the pooled
+    pitch gain of 0.82 over-pitched a driver looking up by a quarter (WolfgangLanger_Pexels.mp4:
+    the avatars pitched -12° to -14° where she pitched -10°)."""
+    gains = np.ones((3, 2))
+    for axis in range(3):
+        commanded, seen = turns[:, axis, :, 0].ravel(), turns[:, axis, :, 1].ravel()
+        sides = (commanded < 0, commanded > 0) if by_direction else (commanded != 0,) * 2
+        for side, on_side in enumerate(sides):
+            ok = ~np.isnan(seen) & on_side
+            if ok.sum() >= 2:
+                gains[axis, side] = (commanded[ok] * seen[ok]).sum() / (commanded[ok] ** 2).sum()
+    gains = np.clip(gains, *TURN_GAIN_RANGE)
+    return gains if by_direction else gains[:, 0]
+
+
 def avatar_calibration(model, avatar: Avatar, calibration=None) -> MotionCalibration:
     """The motion calibration to drive ``avatar`` with: a :class:`MotionCalibration` is used as
     is; a file (None: the shipped one) is loaded and fitted to the avatar's own responses
-    (:func:`avatar_response_spans`, :func:`flexavatar.motion.calibration_for_avatar`). The fit is
-    kept for the last :data:`FITTED_CALIBRATIONS` avatars (by content, network and calibration
-    file): driving one avatar again (another clip, the live tab after a reenactment) skips its
-    52 renders."""
+    (:func:`avatar_response_spans`, :func:`flexavatar.motion.calibration_for_avatar`) and head
+    turns (:func:`sweep_turns`, :func:`turn_gain` per direction). The fit is kept for the last
+    :data:`FITTED_CALIBRATIONS` avatars (by content, network and calibration file): driving one
+    avatar again (another clip, the live tab after a reenactment) skips its 65 renders."""
     if isinstance(calibration, MotionCalibration):
         return calibration
     loaded = load_calibration(calibration)  # cached by path and modification time
@@ -359,7 +416,8 @@ def avatar_calibration(model, avatar: Avatar, calibration=None) -> MotionCalibra
     opening = rest_eye_opening(model, avatar, loaded)
     rest = opening + rest_brow_lift(model, avatar, loaded, opening)
     spans, rest_scores = avatar_response_spans(model, avatar, loaded, rest, with_rest_scores=True)
-    fitted = replace(calibration_for_avatar(loaded, spans), rest_offset=rest, rest_scores=rest_scores)
+    gains = turn_gain(sweep_turns(model, avatar)[None], by_direction=True)  # this avatar's own, per direction
+    fitted = replace(calibration_for_avatar(loaded, spans), rest_offset=rest, rest_scores=rest_scores, turn_gain=gains)
     with _FITTED_LOCK:
         _FITTED[key] = (loaded, fitted)  # the loaded one is held too: its id stays its own
         while len(_FITTED) > FITTED_CALIBRATIONS:

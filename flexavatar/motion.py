@@ -160,7 +160,8 @@ class MotionCalibration:
         neutral render); :meth:`pose_bias` sums it over shapes.
     turn_gain: [3] or None: the re-tracked / commanded head rotation about each camera axis
         (x pitch, y yaw, z roll) of a neutral avatar turned about its head centre;
-        :meth:`undo_turn_gain` divides by it.
+        :meth:`undo_turn_gain` divides by it. [3,2] (one avatar's, never in the file): per
+        direction, negative then positive (:func:`flexavatar.closed_loop.turn_gain`).
     shape_gains: [S] or None (all 1): the ICT weight of score s's shape(s) at calibration weight 1
         (:data:`SHAPE_GAINS`); :func:`scores_to_ict` / :func:`ict_to_scores` apply it.
     rest_offset: [57] or None: one avatar's neutral rest expression (ICT weights) when it is not
@@ -190,7 +191,8 @@ class MotionCalibration:
         if self.rotation_bias is not None:
             self.rotation_bias = np.asarray(self.rotation_bias, np.float64).reshape(len(self.names), len(self.weights), 3)
         if self.turn_gain is not None:
-            self.turn_gain = np.asarray(self.turn_gain, np.float64).reshape(3)
+            self.turn_gain = np.asarray(self.turn_gain, np.float64)
+            self.turn_gain = self.turn_gain.reshape(3, 2) if self.turn_gain.size == 6 else self.turn_gain.reshape(3)
         # strictly increasing copies for np.interp; flat responses keep the identity mapping
         span = self.responses[:, -1] - self.responses[:, 0]
         self.informative = span >= MIN_RESPONSE_SPAN
@@ -262,7 +264,12 @@ class MotionCalibration:
         """[...,3] axis-angle (camera frame) of a turn the tracker should see -> the turn to
         command (each component divided by the gain of its axis; unchanged without one)."""
         rotvecs = np.asarray(rotvecs, np.float64)
-        return rotvecs if self.turn_gain is None else rotvecs / self.turn_gain
+        if self.turn_gain is None:
+            return rotvecs
+        gain = self.turn_gain
+        if gain.ndim == 2:  # [3,2]: the negative and the positive direction of each axis
+            gain = np.where(rotvecs < 0, gain[:, 0], gain[:, 1])
+        return rotvecs / gain
 
     def to_json(self) -> dict:
         data = {"names": list(self.names), "weights": self.weights.round(4).tolist(),

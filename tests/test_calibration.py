@@ -10,11 +10,11 @@ from flexavatar.calibration import (
     SCORE_NAMES,
     SCORE_PAIRS,
     SWEEP_WEIGHTS,
-    TURN_DEGREES,
     fit_calibration,
     merge_pair_sweeps,
     refit,
 )
+from flexavatar.closed_loop import TURN_DEGREES
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.motion import (
     AVATAR_RESPONSE_RANGE,

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     calibration = avatar_calibration(model, avatar)
     fit_s = time.perf_counter() - start
     cached_ms = median_ms(lambda: avatar_calibration(model, avatar), args.repeats)
-    print(f"calibration fitted to the avatar (rest lifts + response spans, renders): {fit_s:.2f} s once, "
+    print(f"calibration fitted to the avatar (rest lifts, response spans, head turns; renders): {fit_s:.2f} s once, "
           f"{cached_ms:.1f} ms when cached")  # fmt: skip
 
     def mapping():
