@@ -28,7 +28,8 @@ distinct expressions on the avatar and re-tracks them
 (:data:`POSE_BIAS_SHRINK`) and all that its expression correction adds;
 :func:`expression_pose_bias` predicts it from the calibration's per-shape medians instead (no
 rendering). Each avatar also gets its own response amplitudes
-(:func:`calibration_for_avatar`). Frames where tracking is unreliable (a hand over the face)
+(:func:`calibration_for_avatar`) and head-turn gains per direction
+(:func:`flexavatar.closed_loop.turn_gain`). Frames where tracking is unreliable (a hand over the face)
 are interpolated upstream, in :func:`flexavatar.tracking.track_video`. Reenact corrects the
 expressions of a whole clip once more on the avatar itself, in closed loop
 (:func:`flexavatar.closed_loop.closed_loop_expressions`); live frames go without.
