@@ -67,7 +67,8 @@ def driving_cameras(
     new_rot = turn @ source_rot if relative else drive_rot
     if rotation_bias is not None:  # a commanded turn shows as gain x itself
         bias = np.asarray(rotation_bias, np.float64)
-        bias = calibration.undo_turn_gain(bias) if calibration is not None else bias
+        # the turn commanded is -bias: its direction picks the gain (per-direction gains)
+        bias = -calibration.undo_turn_gain(-bias) if calibration is not None else bias
         new_rot = axis_angle_to_matrix(-bias) @ new_rot
     new_centre = centre_cam + motion
     K = source.K.clone().double()

@@ -238,6 +238,24 @@ def test_head_translation_is_damped_and_bounded(astronaut, model):
     assert np.abs(project(damped[1]) - project(damped[0])).max() < np.abs(project(full[1]) - project(full[0])).max()
 
 
+def test_each_turn_is_divided_by_the_gain_of_its_own_direction(astronaut, model):
+    """Per-direction turn gains (here pitch: 0.5 for a negative turn, 1 for a positive one) divide
+    the turn the cameras command, the driver's and the one that undoes a pose bias: a bias of
+    +0.1 rad is undone by a turn of -0.1, in the negative direction."""
+    calibration = dataclasses.replace(load_calibration(), turn_gain=np.array([[0.5, 1.0], [1.0, 1.0], [1.0, 1.0]]))
+    head_centre = model.head.head_centre().double().numpy()
+    source = astronaut.source_camera.viewmat.double().numpy()
+    pitches = np.array([0.0, -0.1, 0.1])
+    driver = matrix_to_axis_angle(axis_angle_to_matrix(pitches[:, None] * np.array([[1.0, 0.0, 0.0]])) @ source[:3, :3])
+    translations = np.tile(source[:3, 3][None], (3, 1))
+    still = np.tile(matrix_to_axis_angle(source[:3, :3])[None], (3, 1))
+    bias = -pitches[:, None] * np.array([[1.0, 0.0, 0.0]])  # seen: undone by a turn of +pitch
+    for rotations, kwargs in ((driver, {}), (still, {"rotation_bias": bias})):
+        cameras = driving_cameras(astronaut, head_centre, rotations, translations, True, 256, calibration=calibration, **kwargs)
+        turns = [matrix_to_axis_angle(c.viewmat[:3, :3].double().numpy() @ source[:3, :3].T)[0] for c in cameras]
+        np.testing.assert_allclose(turns, [0.0, -0.2, 0.1], atol=1e-4)
+
+
 def test_calibration_costs_under_a_millisecond_per_frame(astronaut):
     """The whole mapping (calibrated expressions with the cross-talk solve, and the pose bias):
     ~0.2 ms per frame measured; best of 3, as the CPU it takes (a loaded machine slows one run)."""
