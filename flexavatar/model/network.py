@@ -348,13 +348,12 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         if cache is None:
             attributes = self.atlas.gather(avatar.static_maps[None] + dynamic)  # [B,N,14]
             spacing = self.spacing(neutral)
-            static_colours = self.atlas.gather(avatar.static_maps[None, colour])[0]
         else:
             attributes, spacing = cache.static_texels + self.atlas.gather(dynamic), cache.spacing
-            static_colours = cache.static_texels[0, :, colour]
         blinks = expressions[:, [EXPRESSION_INDEX["eyeBlink_L"], EXPRESSION_INDEX["eyeBlink_R"]]].to(attributes)
         if (blinks > SHUT_LID_START).any():  # shut lids take skin and a lash line (shut_lid_colours)
-            targets = shut_lid_targets(static_colours.detach().clamp(0.0, 1.0), self.lid_closure, self.lid_borders)
+            own = self.atlas.gather(avatar.static_maps[None, colour])[0] if cache is None else cache.static_texels[0, :, colour]
+            targets = shut_lid_targets(own.detach().clamp(0.0, 1.0), self.lid_closure, self.lid_borders)
             shut = shut_lid_colours(attributes[..., colour], blinks, targets, self.lid_closure)
             attributes = torch.cat([attributes[..., : colour.start], shut, attributes[..., colour.stop :]], -1)
         cfg = self.config
