@@ -386,10 +386,10 @@ def turn_gain(turns: np.ndarray, by_direction: bool = False) -> np.ndarray:
     size (1.0-1.12x on 4 of 5 calibration avatars) and a turn down at 0.75-0.94x, so the pooled
     pitch gain of 0.82 over-pitched a driver looking up by a quarter (WolfgangLanger_Pexels.mp4:
     the avatars pitched -12° to -14° where she pitched -10°)."""
-    gains = np.ones((3, 2))
+    gains = np.ones((3, 2 if by_direction else 1))
     for axis in range(3):
         commanded, seen = turns[:, axis, :, 0].ravel(), turns[:, axis, :, 1].ravel()
-        sides = (commanded < 0, commanded > 0) if by_direction else (commanded != 0,) * 2
+        sides = (commanded < 0, commanded > 0) if by_direction else (commanded != 0,)
         for side, on_side in enumerate(sides):
             ok = ~np.isnan(seen) & on_side
             if ok.sum() >= 2:

@@ -51,15 +51,9 @@ def texel_spacing(atlas, vertices: torch.Tensor) -> torch.Tensor:
 MAX_STRETCH = 4.0
 
 
-#: A texel is on an eyelid when a full blink moves it more than this (metres, template head).
+#: A texel is on an eyelid when a full blink moves it more than this (metres, template head;
+#: :func:`lid_closure`).
 EYELID_MOVE_M = 0.001
-
-
-def eyelid_texels(atlas, neutral: torch.Tensor, blink: torch.Tensor) -> torch.Tensor:
-    """[N] bool: texels a blink moves (> :data:`EYELID_MOVE_M`); neutral [1,V,3], blink [B,V,3]
-    metres (the head with each eye's full blink)."""
-    points = atlas.surface_points(torch.cat([neutral, blink]))
-    return (points[1:] - points[:1]).norm(dim=-1).amax(0) > EYELID_MOVE_M
 
 
 #: :func:`shut_lid_colours`: a lid starts taking its shut colours at this blink weight and has

@@ -21,7 +21,6 @@ from flexavatar.model.field import (
     ATTRIBUTE_SLICES,
     NUM_ATTRIBUTES,
     SHUT_LID_START,
-    eyelid_texels,
     gaussians_from_attributes,
     lid_borders,
     lid_closure,
@@ -152,7 +151,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         closure = lid_closure(self.atlas, neutral, blink_meshes)
         self.register_buffer("lid_closure", closure, persistent=False)  # [2,N]
         self.register_buffer("lid_borders", lid_borders(self.atlas, neutral, closure), persistent=False)  # [2,N]
-        self.register_buffer("eyelid", eyelid_texels(self.atlas, neutral, blink_meshes), persistent=False)
+        self.register_buffer("eyelid", (closure > 0).any(0), persistent=False)  # [N] the texels a blink moves
         # [1,R,R] where encode low-passes the colour correction on unseen texels
         # (smooth_where_unseen): face skin; eyelids keep theirs, because the skin a blink uncovers
         # is hidden in an open-eyed photo too, and its learned colour makes a closed lid read closed
