@@ -24,7 +24,7 @@ from flexavatar.camera import Camera, focal_from_fov, orbit_camera
 from flexavatar.closed_loop import avatar_calibration, closed_loop_expressions, driver_targets
 from flexavatar.errors import InvalidInputError
 from flexavatar.export import save_ply
-from flexavatar.framing import driving_cameras
+from flexavatar.framing import driving_cameras, face_landmark_points
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.model import Avatar, FlexAvatarModel, load_avatar
 from flexavatar.model.network import DeformCache
@@ -364,8 +364,8 @@ def reenact(
     expressions, bias = closed_loop_expressions(model, avatar, expressions, rest_expression(avatar, neutralise, calibration),
                                                 targets, calibration, relative, track.lip_gaps)  # fmt: skip
     cameras = driving_cameras(avatar, head_centre, track.rotations, track.translations, relative, resolution,
-                              follow_translation=follow_translation, rotation_bias=bias,
-                              calibration=calibration)  # fmt: skip
+                              follow_translation=follow_translation, rotation_bias=bias, calibration=calibration,
+                              face_points=face_landmark_points(model.head, avatar.identity, expressions))  # fmt: skip
     expressions = torch.from_numpy(expressions)
     bg = _background(background)
     total = len(cameras)

@@ -22,7 +22,7 @@ from flexavatar.eval.motion import (
     key_scores,
     motion_metrics,
 )
-from flexavatar.framing import MAX_SHIFT_FRACTION, driving_cameras
+from flexavatar.framing import MAX_SHIFT_FRACTION, driving_cameras, face_landmark_points
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.model.avatar import load_avatar
 from flexavatar.model.field import ATTRIBUTE_SLICES, LID_FEATHER_FRACTION, LID_MARGIN_FRACTION
@@ -236,6 +236,40 @@ def test_head_translation_is_damped_and_bounded(astronaut, model):
     full = driving_cameras(astronaut, head_centre, rotvecs, translations, True, 256, follow_translation=True)
     project = lambda c: c.project(torch.from_numpy(head_centre).float()[None])[0].numpy()  # noqa: E731
     assert np.abs(project(damped[1]) - project(damped[0])).max() < np.abs(project(full[1]) - project(full[0])).max()
+
+
+def test_a_clip_that_would_lose_the_chin_is_framed_once_to_keep_the_face_in(astronaut, model):
+    """A driver who drops down the frame, nods and opens the jaw takes the astronaut's chin out of
+    the bottom as the photo frames it (MediaPipe's face box on the render); framed once for the
+    clip, every frame's face stays inside, the framing is the same on every frame, and a clip
+    whose face stays inside keeps the photo's framing."""
+    head_centre = model.head.head_centre().double().numpy()
+    source = astronaut.source_camera.viewmat.double().numpy()
+    nod = axis_angle_to_matrix(np.array([[0.0, 0.0, 0.0], [0.25, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    rotations = matrix_to_axis_angle(nod @ source[:3, :3])
+    translations = np.tile(source[:3, 3][None], (3, 1))
+    translations[1:, 1] += 0.2  # far down: the framing bounds it to MAX_SHIFT_FRACTION of the frame
+    codes = np.zeros((3, NUM_EXPRESSIONS), np.float32)
+    codes[1, EXPRESSION_INDEX["jawOpen"]] = 1.0
+    points = face_landmark_points(model.head, astronaut.identity, codes)
+
+    def face_boxes(cameras):
+        with torch.no_grad():
+            rgb, _ = model.render(astronaut, cameras, torch.from_numpy(codes))
+        frames = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+        landmarks = [detect_face(frame, with_mask=False).landmarks[:, :2] for frame in frames]
+        return np.array([[*points.min(0), *points.max(0)] for points in landmarks])  # [T,4] x0 y0 x1 y1
+
+    as_photo = face_boxes(driving_cameras(astronaut, head_centre, rotations, translations, True, 256, follow_translation=True))
+    assert as_photo[1, 3] > 256  # the chin leaves the frame
+    framed = driving_cameras(astronaut, head_centre, rotations, translations, True, 256, follow_translation=True,
+                             face_points=points)  # fmt: skip
+    boxes = face_boxes(framed)
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 256).all(), boxes
+    assert all(torch.equal(camera.K, framed[0].K) for camera in framed)
+    still = driving_cameras(astronaut, head_centre, rotations[:1].repeat(3, 0), translations[:1].repeat(3, 0), True, 256,
+                            face_points=points[:1].repeat(3, 0))  # fmt: skip
+    assert torch.equal(still[0].K, astronaut.source_camera.K)
 
 
 def test_each_turn_is_divided_by_the_gain_of_its_own_direction(astronaut, model):
