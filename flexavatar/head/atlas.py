@@ -12,7 +12,7 @@ M_Face                5x5     the face carries identity and expression: most tex
 M_BackHead            3x3     skull, ears, neck and the mouth/eye sockets
 M_GumsTongue          2x2     mouth interior, seen when the jaw opens
 M_Teeth               2x2
-M_Sclera{Left,Right}  1x1     eyeballs (eye gaze moves them via the eyeLook shapes)
+M_Sclera{Left,Right}  1x1     eyeballs (turned by the gaze, :mod:`flexavatar.head.gaze`)
 M_Iris{Left,Right}    1x1
 ====================  ======  ========================================================
 

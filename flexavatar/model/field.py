@@ -101,6 +101,23 @@ def lid_borders(atlas, neutral: torch.Tensor, closure: torch.Tensor) -> torch.Te
     return torch.stack(borders)
 
 
+def lid_skin(colours: torch.Tensor, borders: torch.Tensor) -> torch.Tensor:
+    """[2,3] the skin around each eye's lid: the per-channel median of the brighter half of the
+    texel ``colours`` [N,3] in its ``borders`` [2,N] (:func:`lid_borders`)."""
+    luma = colours @ torch.tensor(_LUMA, dtype=colours.dtype, device=colours.device)
+    skins = []
+    for border in borders:  # the two eyes
+        border_colours, border_luma = colours[border], luma[border]
+        skins.append(border_colours[border_luma >= border_luma.median()].median(0).values)
+    return torch.stack(skins)
+
+
+def shut_fraction(blinks: torch.Tensor) -> torch.Tensor:
+    """[B,2] ICT eyeBlink_L / _R weights -> how far each eye's lid has taken its shut colours, in
+    [0,1] (:data:`SHUT_LID_START` to :data:`SHUT_LID_FULL`)."""
+    return ((blinks - SHUT_LID_START) / (SHUT_LID_FULL - SHUT_LID_START)).clamp(0.0, 1.0)
+
+
 def shut_lid_targets(colours: torch.Tensor, closure: torch.Tensor, borders: torch.Tensor) -> torch.Tensor:
     """[N,3] the colour each eyelid texel takes when its eye is shut (0 off the lids), from the
     avatar's texel ``colours`` [N,3] and the lids' ``closure`` [2,N] (:func:`lid_closure`).
@@ -112,11 +129,9 @@ def shut_lid_targets(colours: torch.Tensor, closure: torch.Tensor, borders: torc
     as blink 0.32 / 0.16, against 0.70 / 0.61 with the photo's own lid colours)."""
     luma = colours @ torch.tensor(_LUMA, dtype=colours.dtype, device=colours.device)
     target = torch.zeros_like(colours)
-    for eye, border in zip(closure, borders):  # the two eyes
+    for eye, skin in zip(closure, lid_skin(colours, borders)):  # the two eyes
         lid = eye > 0
         lid_colours, lid_luma = colours[lid], luma[lid]
-        border_colours, border_luma = colours[border], luma[border]
-        skin = border_colours[border_luma >= border_luma.median()].median(0).values
         lash = lid_colours[lid_luma <= torch.quantile(lid_luma, 0.25)].median(0).values
         margin = eye > LID_MARGIN_FRACTION
         target = torch.where((lid & ~margin)[:, None], skin, target)
@@ -134,7 +149,7 @@ def shut_lid_colours(colours: torch.Tensor, blinks: torch.Tensor, targets: torch
     narrowed eye some of the eye itself. A blink stretches them over the eye, where they showed
     as a dark ring around a pale patch (single_face.jpg's avatar; a driver holding her eyes shut
     showed it for seconds)."""
-    shut = ((blinks - SHUT_LID_START) / (SHUT_LID_FULL - SHUT_LID_START)).clamp(0.0, 1.0)  # [B,2]
+    shut = shut_fraction(blinks)  # [B,2]
     feather = (closure / LID_FEATHER_FRACTION).clamp(0.0, 1.0).to(colours.dtype)  # [2,N]
     weight = (shut[:, :, None] * feather[None]).amax(1)[..., None]  # [B,N,1]
     return colours + weight * (targets[None] - colours)

@@ -14,9 +14,11 @@ from flexavatar.camera import Camera, stack_cameras
 from flexavatar.head import ICTHead, UVAtlas
 from flexavatar.head.atlas import mirror_texels
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
+from flexavatar.head.gaze import turn_eyeballs
 from flexavatar.model.avatar import Avatar
 from flexavatar.model.config import FlexAvatarConfig
 from flexavatar.model.evidence import uv_evidence
+from flexavatar.model.eyes import eyeball_colours, eyeball_geometry, shut_eyeball_colours
 from flexavatar.model.field import (
     ATTRIBUTE_SLICES,
     NUM_ATTRIBUTES,
@@ -24,6 +26,8 @@ from flexavatar.model.field import (
     gaussians_from_attributes,
     lid_borders,
     lid_closure,
+    lid_skin,
+    shut_fraction,
     shut_lid_colours,
     shut_lid_targets,
     surface_stretch,
@@ -152,6 +156,9 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         self.register_buffer("lid_closure", closure, persistent=False)  # [2,N]
         self.register_buffer("lid_borders", lid_borders(self.atlas, neutral, closure), persistent=False)  # [2,N]
         self.register_buffer("eyelid", (closure > 0).any(0), persistent=False)  # [N] the texels a blink moves
+        eyeballs, eyeball_angle = eyeball_geometry(self.atlas, self.head, neutral)
+        self.register_buffer("eyeballs", eyeballs, persistent=False)  # [2,N] each eye's sclera and iris texels
+        self.register_buffer("eyeball_angle", eyeball_angle, persistent=False)  # [N] degrees off its gaze
         # [1,R,R] where encode low-passes the colour correction on unseen texels
         # (smooth_where_unseen): face skin; eyelids keep theirs, because the skin a blink uncovers
         # is hidden in an open-eyed photo too, and its learned colour makes a closed lid read closed
@@ -349,12 +356,21 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
             spacing = self.spacing(neutral)
         else:
             attributes, spacing = cache.static_texels + self.atlas.gather(dynamic), cache.spacing
+        # the eyeballs turn with the gaze after the deformer has read the mesh (it was trained on
+        # meshes whose eyeballs never moved)
+        vertices = turn_eyeballs(self.head, vertices, neutral, expressions)
+        own = self.atlas.gather(avatar.static_maps[None, colour])[0] if cache is None else cache.static_texels[0, :, colour]
+        own = own.detach().clamp(0.0, 1.0)
+        skin = lid_skin(own, self.lid_borders)  # [2,3]
+        # painted eyeballs (flexavatar.model.eyes), whatever the deformer adds to them
+        painted = eyeball_colours(own, self.eyeballs, self.eyeball_angle, skin)
+        colours = torch.where(self.eyeballs.any(0)[None, :, None], painted[None], attributes[..., colour])
         blinks = expressions[:, [EXPRESSION_INDEX["eyeBlink_L"], EXPRESSION_INDEX["eyeBlink_R"]]].to(attributes)
         if (blinks > SHUT_LID_START).any():  # shut lids take skin and a lash line (shut_lid_colours)
-            own = self.atlas.gather(avatar.static_maps[None, colour])[0] if cache is None else cache.static_texels[0, :, colour]
-            targets = shut_lid_targets(own.detach().clamp(0.0, 1.0), self.lid_closure, self.lid_borders)
-            shut = shut_lid_colours(attributes[..., colour], blinks, targets, self.lid_closure)
-            attributes = torch.cat([attributes[..., : colour.start], shut, attributes[..., colour.stop :]], -1)
+            targets = shut_lid_targets(own, self.lid_closure, self.lid_borders)
+            colours = shut_lid_colours(colours, blinks, targets, self.lid_closure)
+            colours = shut_eyeball_colours(colours, shut_fraction(blinks), self.eyeballs, skin)
+        attributes = torch.cat([attributes[..., : colour.start], colours, attributes[..., colour.stop :]], -1)
         cfg = self.config
         return gaussians_from_attributes(
             self.atlas,

@@ -25,8 +25,9 @@ Derivation (no hand-made vertex table; everything comes from the two models' geo
    :data:`MAX_RESIDUAL_MM` (the two mean faces disagree there, e.g. far forehead).
 6. Iris (landmarks 468-477): the two iris centres (468: subject's right eye, next to
    landmarks 33/133; 473: subject's left eye) map to the front-most point of the ICT iris
-   of that eye (material ``M_IrisRight``/``M_IrisLeft``), so they follow ICT's eyeLook
-   shapes; weight :data:`IRIS_WEIGHT`. The 8 iris contour points get weight 0 (their
+   of that eye (material ``M_IrisRight``/``M_IrisLeft``); weight :data:`IRIS_WEIGHT`. ICT's
+   eyeLook shapes do not move the eyeballs (rendering turns them, :mod:`flexavatar.head.gaze`),
+   so a fit sees the iris as a point fixed on the head. The 8 iris contour points get weight 0 (their
    radius depends on pupil dilation and image blur more than on geometry).
 
 The result is computed once and cached as ``.npz`` in :func:`flexavatar.assets.cache_dir` (``$FLEXAVATAR_CACHE``, default
