@@ -10,7 +10,7 @@ from flexavatar import pipeline
 from flexavatar.closed_loop import render_expressions, retrack
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.head.gaze import EYE_TURN_DEG, eyeball_centres, eyeball_vertex_ids, turn_eyeballs
-from flexavatar.model.eyes import IRIS_DEG
+from flexavatar.model.eyes import IRIS_DEG, eyeball_colours
 from flexavatar.model.field import ATTRIBUTE_SLICES, lid_skin
 
 LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -96,3 +96,15 @@ def test_the_driven_gaze_retracks_as_that_gaze(model, astronaut):
         rise = scores[row, column[name]] - scores[0, column[name]]
         assert rise > 0.3, (name, np.round(scores[[0, row], column[name]], 2))
         assert scores[row, column[opposite[name]]] < 0.1, (name, scores[row, column[opposite[name]]])
+
+
+def test_eyes_behind_sunglasses_keep_their_colours(model, astronaut):
+    """Where the skin around an eye is much darker than the face (sunglasses over the lids), that
+    eye is not painted: a painted eye showed through the lenses. The other eye still is."""
+    own = model.atlas.gather(astronaut.static_maps[None, ATTRIBUTE_SLICES["colour"]])[0].detach().clamp(0, 1)
+    lens = own.clone()
+    lens[model.lid_borders[0] | (model.lid_closure[0] > 0)] = torch.tensor([0.05, 0.12, 0.08])  # left eye
+    painted = eyeball_colours(lens, model.eyeballs, model.eyeball_angle, lid_skin(lens, model.lid_borders), model.face_skin)
+    left, right = model.eyeballs
+    assert torch.equal(painted[left], lens[left])
+    assert not torch.equal(painted[right], lens[right])

@@ -24,11 +24,16 @@ PUPIL_DEG = 12.0
 IRIS_DARKEST = 0.3
 #: ...and the pupil this fraction of it.
 PUPIL_SHADE = 0.3
-#: The sclera: a warm white whose luma is this multiple of the skin's around the eye, within
-#: SCLERA_LUMA (a photo's sclera is brighter than the skin by the skin's albedo, unknown here).
+#: The sclera: a white whose luma is this multiple of the skin's around the eye, within
+#: SCLERA_LUMA (a photo's sclera is brighter than the skin by the skin's albedo, unknown here),
+#: tinted by SCLERA_SKIN_TINT of the skin's own hue (neutral on a black-and-white photo).
 SCLERA_OVER_SKIN = 1.3
 SCLERA_LUMA = (0.55, 0.9)
-SCLERA_TINT = (1.0, 0.96, 0.93)
+SCLERA_SKIN_TINT = 0.15
+#: An eye is painted only where the skin around its lid is at least this fraction of the face's
+#: median luma: sunglasses cover the lids and the skin around them (0.39 on a held-out photo with
+#: sunglasses, 0.8-1.7 on 11 photos without), and a painted eye showed through their lenses.
+EYE_VISIBLE_RATIO = 0.6
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -48,19 +53,27 @@ def eyeball_geometry(atlas, head, neutral: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.stack(eyes), angle.float()
 
 
-def eyeball_colours(colours: torch.Tensor, eyes: torch.Tensor, angle: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
+def eyeball_colours(colours: torch.Tensor, eyes: torch.Tensor, angle: torch.Tensor, skin: torch.Tensor,
+                    face: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """[N,3] texel ``colours`` with each eyeball's texels (``eyes`` [2,N], ``angle`` [N],
     :func:`eyeball_geometry`) painted: pupil, iris (:data:`IRIS_DARKEST` of the eyeball's own
-    colours in the disc), sclera (from the ``skin`` [2,3] around each eye, :data:`SCLERA_OVER_SKIN`)."""
+    colours in the disc), sclera (from the ``skin`` [2,3] around each eye, :data:`SCLERA_OVER_SKIN`).
+    An eye whose surrounding skin is darker than :data:`EYE_VISIBLE_RATIO` of the ``face`` [N]
+    bool texels' median keeps its own colours (sunglasses)."""
     luma_weights = torch.tensor(_LUMA, dtype=colours.dtype, device=colours.device)
     luma = colours @ luma_weights
-    tint = torch.tensor(SCLERA_TINT, dtype=colours.dtype, device=colours.device)
+    face_luma = luma[face].median()
     out = colours
     for eye, skin_colour in zip(eyes, skin):  # the two eyes
+        skin_luma = skin_colour @ luma_weights
+        if skin_luma < EYE_VISIBLE_RATIO * face_luma:  # the photo does not show this eye
+            continue
         disc = eye & (angle < IRIS_DEG)
         darkest = disc & (luma <= torch.quantile(luma[disc], IRIS_DARKEST))
         iris = colours[darkest].mean(0)
-        sclera = tint * (SCLERA_OVER_SKIN * skin_colour @ luma_weights).clamp(*SCLERA_LUMA)
+        hue = skin_colour / skin_luma.clamp_min(1e-3)
+        tint = (1.0 - SCLERA_SKIN_TINT) + SCLERA_SKIN_TINT * hue
+        sclera = (tint * (SCLERA_OVER_SKIN * skin_luma).clamp(*SCLERA_LUMA)).clamp(0.0, 1.0)
         painted = torch.where((angle < IRIS_DEG)[:, None], iris, sclera)
         painted = torch.where((angle < PUPIL_DEG)[:, None], PUPIL_SHADE * iris, painted)
         out = torch.where(eye[:, None], painted, out)

@@ -159,11 +159,12 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         eyeballs, eyeball_angle = eyeball_geometry(self.atlas, self.head, neutral)
         self.register_buffer("eyeballs", eyeballs, persistent=False)  # [2,N] each eye's sclera and iris texels
         self.register_buffer("eyeball_angle", eyeball_angle, persistent=False)  # [N] degrees off its gaze
+        face_skin = self.atlas.region_mask("face") & ~self.eyelid
+        self.register_buffer("face_skin", face_skin, persistent=False)  # [N] the face's texels off the lids
         # [1,R,R] where encode low-passes the colour correction on unseen texels
         # (smooth_where_unseen): face skin; eyelids keep theirs, because the skin a blink uncovers
         # is hidden in an open-eyed photo too, and its learned colour makes a closed lid read closed
-        smoothed = self.atlas.region_mask("face") & ~self.eyelid
-        self.register_buffer("smoothed_chart", self.atlas.scatter(smoothed.float()[None, :, None])[0], persistent=False)
+        self.register_buffer("smoothed_chart", self.atlas.scatter(face_skin.float()[None, :, None])[0], persistent=False)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -363,7 +364,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         own = own.detach().clamp(0.0, 1.0)
         skin = lid_skin(own, self.lid_borders)  # [2,3]
         # painted eyeballs (flexavatar.model.eyes), whatever the deformer adds to them
-        painted = eyeball_colours(own, self.eyeballs, self.eyeball_angle, skin)
+        painted = eyeball_colours(own, self.eyeballs, self.eyeball_angle, skin, self.face_skin)
         colours = torch.where(self.eyeballs.any(0)[None, :, None], painted[None], attributes[..., colour])
         blinks = expressions[:, [EXPRESSION_INDEX["eyeBlink_L"], EXPRESSION_INDEX["eyeBlink_R"]]].to(attributes)
         if (blinks > SHUT_LID_START).any():  # shut lids take skin and a lash line (shut_lid_colours)
