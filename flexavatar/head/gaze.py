@@ -13,8 +13,9 @@ import torch
 from flexavatar.head.blendshapes import EXPRESSION_INDEX
 
 #: Degrees an eyeball turns at eyeLook weight 1 (In / Out about the vertical axis, Up / Down
-#: about the horizontal one). About the range of a comfortable human gaze; MediaPipe's eyeLook
-#: scores reach ~0.5 for a glance of 20-25°.
+#: about the horizontal one), about the range of a comfortable human gaze. Both eyes turned at
+#: weight 1 re-track (MediaPipe) at 0.58-0.69 looking in, 0.81-0.89 looking out and 0.64-0.82
+#: looking down on 4 avatars; looking up reads only 0.10-0.20.
 EYE_TURN_DEG = {"In": 30.0, "Out": 30.0, "Up": 25.0, "Down": 30.0}
 EYES = (("L", "eyeball_left", 1.0), ("R", "eyeball_right", -1.0))  # (suffix, region, +x is outward)
 
