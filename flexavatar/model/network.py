@@ -70,6 +70,7 @@ class DeformCache:
     reads (corners of the texels' triangles, about half the head's); at them, template [U,3] m,
     identity_offsets [1,U,3] m and expression_basis [57,U*3] m (the head model's terms, so that
     :meth:`FlexAvatarModel.texel_mesh` adds them up as :meth:`FlexAvatarModel.mesh` does).
+    lid_skin [2,3] and eye_colours [N,3]: :meth:`FlexAvatarModel.eye_paint` of the static colours.
     Valid while the avatar's tensors and the network's weights stay as they were (a new avatar or
     checkpoint needs a new cache).
     """
@@ -83,6 +84,8 @@ class DeformCache:
     template: torch.Tensor
     identity_offsets: torch.Tensor
     expression_basis: torch.Tensor
+    lid_skin: torch.Tensor
+    eye_colours: torch.Tensor
 
 
 def smooth_where_unseen(delta: torch.Tensor, coverage: torch.Tensor, chart: torch.Tensor) -> torch.Tensor:
@@ -271,6 +274,13 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         return self.template_spacing * scale
 
     @torch.no_grad()
+    def eye_paint(self, colours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """An avatar's static texel ``colours`` [N,3] in [0,1] -> the skin around each lid [2,3]
+        (:func:`~flexavatar.model.field.lid_skin`) and the colours with its eyeballs painted [N,3]
+        (:func:`~flexavatar.model.eyes.eyeball_colours`)."""
+        skin = lid_skin(colours, self.lid_borders)
+        return skin, eyeball_colours(colours, self.eyeballs, self.eyeball_angle, skin, self.face_skin)
+
     def prepare_deform(self, avatar: Avatar, data_source: int = 0) -> DeformCache:
         """The expression-independent part of :meth:`deform` for ``avatar`` (inference only):
         pass it as ``cache`` to :meth:`deform` / :meth:`render` for every frame of that avatar."""
@@ -279,16 +289,20 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         head, texel_vertices = self.head, self.atlas.texel_vertices.unique()
         identity_offsets = (avatar.identity[None] @ head.identity_basis[: avatar.identity.shape[-1]]).view(1, -1, 3)
         basis = head.expression_basis.view(head.expression_basis.shape[0], -1, 3)
+        static_texels = self.atlas.gather(avatar.static_maps[None])
+        skin, eye_colours = self.eye_paint(static_texels[0, :, ATTRIBUTE_SLICES["colour"]].detach().clamp(0.0, 1.0))
         return DeformCache(
             neutral=neutral,
             neutral_map=neutral_map,
             spacing=self.spacing(neutral),
-            static_texels=self.atlas.gather(avatar.static_maps[None]),
+            static_texels=static_texels,
             deformer=self.deformer.constants(avatar.identity_features[None], neutral_map, data_source),
             texel_vertices=texel_vertices,
             template=head.neutral[texel_vertices],
             identity_offsets=identity_offsets[:, texel_vertices],
             expression_basis=basis[:, texel_vertices].flatten(1).contiguous(),
+            lid_skin=skin,
+            eye_colours=eye_colours,
         )
 
     def texel_mesh(self, cache: DeformCache, expressions: torch.Tensor) -> torch.Tensor:
@@ -362,9 +376,8 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         vertices = turn_eyeballs(self.head, vertices, neutral, expressions)
         own = self.atlas.gather(avatar.static_maps[None, colour])[0] if cache is None else cache.static_texels[0, :, colour]
         own = own.detach().clamp(0.0, 1.0)
-        skin = lid_skin(own, self.lid_borders)  # [2,3]
+        skin, painted = self.eye_paint(own) if cache is None else (cache.lid_skin, cache.eye_colours)
         # painted eyeballs (flexavatar.model.eyes), whatever the deformer adds to them
-        painted = eyeball_colours(own, self.eyeballs, self.eyeball_angle, skin, self.face_skin)
         colours = torch.where(self.eyeballs.any(0)[None, :, None], painted[None], attributes[..., colour])
         blinks = expressions[:, [EXPRESSION_INDEX["eyeBlink_L"], EXPRESSION_INDEX["eyeBlink_R"]]].to(attributes)
         if (blinks > SHUT_LID_START).any():  # shut lids take skin and a lash line (shut_lid_colours)
