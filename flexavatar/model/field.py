@@ -118,23 +118,22 @@ def shut_fraction(blinks: torch.Tensor) -> torch.Tensor:
     return ((blinks - SHUT_LID_START) / (SHUT_LID_FULL - SHUT_LID_START)).clamp(0.0, 1.0)
 
 
-def shut_lid_targets(colours: torch.Tensor, closure: torch.Tensor, borders: torch.Tensor) -> torch.Tensor:
+def shut_lid_targets(colours: torch.Tensor, closure: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
     """[N,3] the colour each eyelid texel takes when its eye is shut (0 off the lids), from the
     avatar's texel ``colours`` [N,3] and the lids' ``closure`` [2,N] (:func:`lid_closure`).
 
-    Per eye: the skin is the per-channel median of the brighter half of the skin around the lid
-    (``borders`` [2,N], :func:`lid_borders`; the lid's own brighter half, eye shadow on a made-up
-    eye, showed as a patch); the margin (:data:`LID_MARGIN_FRACTION`) takes the median of the
-    lid's darker quarter, a lash line (with skin alone MediaPipe read the astronaut's shut eyes
+    Per eye: the ``skin`` [2,3] around the lid (:func:`lid_skin`; the lid's own brighter half,
+    eye shadow on a made-up eye, showed as a patch); the margin (:data:`LID_MARGIN_FRACTION`)
+    takes the median of the lid's darker quarter, a lash line (with skin alone MediaPipe read the astronaut's shut eyes
     as blink 0.32 / 0.16, against 0.70 / 0.61 with the photo's own lid colours)."""
     luma = colours @ torch.tensor(_LUMA, dtype=colours.dtype, device=colours.device)
     target = torch.zeros_like(colours)
-    for eye, skin in zip(closure, lid_skin(colours, borders)):  # the two eyes
+    for eye, eye_skin in zip(closure, skin):  # the two eyes
         lid = eye > 0
         lid_colours, lid_luma = colours[lid], luma[lid]
         lash = lid_colours[lid_luma <= torch.quantile(lid_luma, 0.25)].median(0).values
         margin = eye > LID_MARGIN_FRACTION
-        target = torch.where((lid & ~margin)[:, None], skin, target)
+        target = torch.where((lid & ~margin)[:, None], eye_skin, target)
         target = torch.where(margin[:, None], lash, target)
     return target
 

@@ -273,7 +273,6 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         scale = (neutral[0].std(0).norm() / self.head.neutral.std(0).norm()).clamp(0.7, 1.4)
         return self.template_spacing * scale
 
-    @torch.no_grad()
     def eye_paint(self, colours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """An avatar's static texel ``colours`` [N,3] in [0,1] -> the skin around each lid [2,3]
         (:func:`~flexavatar.model.field.lid_skin`) and the colours with its eyeballs painted [N,3]
@@ -281,6 +280,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         skin = lid_skin(colours, self.lid_borders)
         return skin, eyeball_colours(colours, self.eyeballs, self.eyeball_angle, skin, self.face_skin)
 
+    @torch.no_grad()
     def prepare_deform(self, avatar: Avatar, data_source: int = 0) -> DeformCache:
         """The expression-independent part of :meth:`deform` for ``avatar`` (inference only):
         pass it as ``cache`` to :meth:`deform` / :meth:`render` for every frame of that avatar."""
@@ -381,7 +381,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         colours = torch.where(self.eyeballs.any(0)[None, :, None], painted[None], attributes[..., colour])
         blinks = expressions[:, [EXPRESSION_INDEX["eyeBlink_L"], EXPRESSION_INDEX["eyeBlink_R"]]].to(attributes)
         if (blinks > SHUT_LID_START).any():  # shut lids take skin and a lash line (shut_lid_colours)
-            targets = shut_lid_targets(own, self.lid_closure, self.lid_borders)
+            targets = shut_lid_targets(own, self.lid_closure, skin)
             colours = shut_lid_colours(colours, blinks, targets, self.lid_closure)
             colours = shut_eyeball_colours(colours, shut_fraction(blinks), self.eyeballs, skin)
         attributes = torch.cat([attributes[..., : colour.start], colours, attributes[..., colour.stop :]], -1)
