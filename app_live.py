@@ -42,10 +42,11 @@ def build_play_tabs(model: FlexAvatarModel, made_avatar: gr.File, example_photo:
     @user_errors("rendering the still")
     def render_still(avatar_file, jaw_open: float = 0, smile: float = 0, blink: float = 0, brows_up: float = 0,
                      frown: float = 0, pucker: float = 0, eyes_wide: float = 0, yaw_deg: float = 0,
-                     pitch_deg: float = 0):  # fmt: skip
-        """.avatar file (empty: the example) + expression sliders in [0,1] + head yaw/pitch in degrees -> PNG."""
+                     pitch_deg: float = 0, gaze_left: float = 0, gaze_up: float = 0):  # fmt: skip
+        """.avatar file (empty: the example) + expression sliders in [0,1] + head yaw/pitch in degrees
+        + gaze in [-1,1] (new parameters go last: positional gradio_client calls keep working) -> PNG."""
         controls = dict(jaw_open=jaw_open, smile=smile, blink=blink, brows_up=brows_up, frown=frown, pucker=pucker,
-                        eyes_wide=eyes_wide)  # fmt: skip
+                        eyes_wide=eyes_wide, gaze_left=gaze_left, gaze_up=gaze_up)  # fmt: skip
         return space_live.still(model, avatar_file, controls, yaw_deg, pitch_deg, example_photo)
 
     @user_errors("blending the avatars")
@@ -87,10 +88,12 @@ def build_play_tabs(model: FlexAvatarModel, made_avatar: gr.File, example_photo:
                     sliders = [gr.Slider(0, 1, 0, step=0.05, label=CONTROL_LABELS[name]) for name in pipeline.EXPRESSION_CONTROLS]
                     yaw = gr.Slider(-60, 60, 0, step=1, label="Head yaw (°, + = to its left)")
                     pitch = gr.Slider(-40, 40, 0, step=1, label="Head pitch (°, + = chin up)")
+                    gaze = [gr.Slider(-1, 1, 0, step=0.05, label="Gaze (+ = to its left, − = to its right)"),
+                            gr.Slider(-1, 1, 0, step=0.05, label="Gaze (+ = up, − = down)")]  # fmt: skip
                 still_out = gr.Image(label="Still (download with the ⬇ button)", format="png", interactive=False,
                                      elem_id="still")  # fmt: skip
             # one light render per change: no queue round trip, so the still follows the sliders at once
-            gr.on([s.change for s in (*sliders, yaw, pitch, avatar)], render_still, [avatar, *sliders, yaw, pitch],
+            gr.on([s.change for s in (*sliders, yaw, pitch, *gaze, avatar)], render_still, [avatar, *sliders, yaw, pitch, *gaze],
                   still_out, api_name="render_still", trigger_mode="always_last", show_progress="minimal",
                   queue=False)  # fmt: skip
         with gr.Tab("Blend two avatars", elem_id="blend-tab"):

@@ -247,14 +247,30 @@ EXPRESSION_CONTROLS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Gaze control name -> the ICT eyeLook shapes its positive and its negative values set: the eyes
+#: turn to the avatar's own left (+) or right (-), up (+) or down (-) (:mod:`flexavatar.head.gaze`).
+GAZE_CONTROLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "gaze_left": (("eyeLookOut_L", "eyeLookIn_R"), ("eyeLookIn_L", "eyeLookOut_R")),
+    "gaze_up": (("eyeLookUp_L", "eyeLookUp_R"), ("eyeLookDown_L", "eyeLookDown_R")),
+}
+
+
 def expression_from_controls(avatar: Avatar, controls: dict[str, float] | None) -> np.ndarray:
     """[57] ICT weights: the avatar's source expression with each named control's blendshapes
-    set to its value in [0,1] (see :data:`EXPRESSION_CONTROLS`)."""
+    set to its value in [0,1] (see :data:`EXPRESSION_CONTROLS`); the gaze controls
+    (:data:`GAZE_CONTROLS`) take values in [-1,1] and set both directions of their axis."""
     code = avatar.source_expression.detach().cpu().numpy().astype(np.float32).copy()
     for name, value in (controls or {}).items():
-        if name not in EXPRESSION_CONTROLS:
-            raise InvalidInputError(f"unknown expression control {name!r}; use one of {', '.join(EXPRESSION_CONTROLS)}")
-        code[[EXPRESSION_INDEX[shape] for shape in EXPRESSION_CONTROLS[name]]] = float(np.clip(value, 0.0, 1.0))
+        if name in GAZE_CONTROLS:
+            value = float(np.clip(value, -1.0, 1.0))
+            positive, negative = GAZE_CONTROLS[name]
+            code[[EXPRESSION_INDEX[shape] for shape in positive]] = max(value, 0.0)
+            code[[EXPRESSION_INDEX[shape] for shape in negative]] = max(-value, 0.0)
+        elif name in EXPRESSION_CONTROLS:
+            code[[EXPRESSION_INDEX[shape] for shape in EXPRESSION_CONTROLS[name]]] = float(np.clip(value, 0.0, 1.0))
+        else:
+            known = ", ".join([*EXPRESSION_CONTROLS, *GAZE_CONTROLS])
+            raise InvalidInputError(f"unknown expression control {name!r}; use one of {known}")
     return code
 
 
@@ -268,7 +284,7 @@ def render_still(
     model: FlexAvatarModel | None = None,
     deform_cache: DeformCache | None = None,
 ) -> np.ndarray:
-    """One frame [S,S,3] uint8 of ``avatar`` with expression controls and a head turn.
+    """One frame [S,S,3] uint8 of ``avatar`` with expression and gaze controls and a head turn.
 
     yaw_deg > 0 turns the head to its own left, pitch_deg > 0 lifts the chin (degrees, within
     ±90 / ±60); the camera is the turntable's. Controls as in :func:`expression_from_controls`.

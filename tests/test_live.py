@@ -18,7 +18,7 @@ import torch
 from flexavatar import pipeline, space_live
 from flexavatar.camera import focal_from_fov, orbit_camera
 from flexavatar.errors import InvalidInputError
-from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
+from flexavatar.head.blendshapes import EXPRESSION_INDEX, MEDIAPIPE_BLENDSHAPE_NAMES, NUM_EXPRESSIONS
 from flexavatar.live import TARGET_FPS, LiveSession
 from flexavatar.model.modules import Deformer
 from flexavatar.motion import driving_expressions, identity_calibration
@@ -229,6 +229,24 @@ def test_render_still_controls_are_seen_by_the_tracker(shipped_model, astronaut_
         pipeline.render_still(astronaut_avatar, {"grin": 1}, model=shipped_model)
     with pytest.raises(InvalidInputError, match="yaw"):
         pipeline.render_still(astronaut_avatar, {}, yaw_deg=120, model=shipped_model)
+
+
+def test_render_still_gaze_controls_turn_the_eyes_as_the_tracker_sees_them(shipped_model, astronaut_avatar):
+    """The gaze sliders ([-1,1]) turn both eyes the same way: to the avatar's own left, to its right,
+    down; MediaPipe re-tracks each look on its own in the named direction."""
+    looks = {"left": {"gaze_left": 1.0}, "right": {"gaze_left": -1.0}, "down": {"gaze_up": -1.0}}
+    scores = {name: mediapipe_scores([pipeline.render_still(astronaut_avatar, controls, model=shipped_model)])
+              for name, controls in {"ahead": {}, **looks}.items()}  # fmt: skip
+    rise = {name: lambda *names, s=s: float(channel(s, *names)[0] - channel(scores["ahead"], *names)[0])
+            for name, s in scores.items()}  # fmt: skip
+    # to its own left: the left eye looks out, the right one in
+    assert rise["left"]("eyeLookOutLeft", "eyeLookInRight") > 0.2, scores["left"]
+    assert rise["right"]("eyeLookInLeft", "eyeLookOutRight") > 0.2, scores["right"]
+    assert rise["down"]("eyeLookDownLeft", "eyeLookDownRight") > 0.2, scores["down"]
+    assert rise["left"]("eyeLookInLeft", "eyeLookOutRight") < 0.05 and rise["right"]("eyeLookOutLeft", "eyeLookInRight") < 0.05
+    code = pipeline.expression_from_controls(astronaut_avatar, {"gaze_left": -0.4, "gaze_up": 2.0})
+    assert code[EXPRESSION_INDEX["eyeLookIn_L"]] == pytest.approx(0.4) and code[EXPRESSION_INDEX["eyeLookOut_L"]] == 0.0
+    assert code[EXPRESSION_INDEX["eyeLookUp_R"]] == 1.0 and code[EXPRESSION_INDEX["eyeLookDown_R"]] == 0.0  # clipped to [-1,1]
 
 
 def test_blend_avatars(shipped_model, astronaut_avatar, shared_media):

@@ -145,7 +145,7 @@ def test_play_api_names_and_parameters(client):
               for name in ("/render_still", "/blend_still", "/blend_turntable")}  # fmt: skip
     assert params == {
         "/render_still": ["avatar_file", "jaw_open", "smile", "blink", "brows_up", "frown", "pucker", "eyes_wide",
-                          "yaw_deg", "pitch_deg"],
+                          "yaw_deg", "pitch_deg", "gaze_left", "gaze_up"],
         "/blend_still": ["first_avatar", "second_avatar", "weight"],
         "/blend_turntable": ["first_avatar", "second_avatar", "weight", "turntable_frames"],
     }  # fmt: skip
