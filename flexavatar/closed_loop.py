@@ -3,8 +3,9 @@
 The motion calibration (:mod:`flexavatar.calibration`) measures many avatars once; these
 measure the avatar being driven, before it is driven: how far each score moves at full weight
 (:func:`avatar_response_spans`, for :func:`flexavatar.motion.calibration_for_avatar`), how far
-its neutral eyes must open to re-track open (:func:`rest_eye_opening`) and its brows lift to
-re-track level (:func:`rest_brow_lift`), and the head rotation
+its neutral eyes must open to re-track open (:func:`rest_eye_opening`), its brows lift to
+re-track level (:func:`rest_brow_lift`) and its lips widen to re-track unpuckered
+(:func:`rest_lip_release`), and the head rotation
 MediaPipe sees in the clip's own expressions (:func:`measured_pose_bias`). Reenactment then
 corrects the clip's expressions on the avatar itself: sampled frames rendered, re-tracked and
 moved toward the driver's scores (:func:`closed_loop_expressions`).
@@ -37,7 +38,7 @@ from flexavatar.motion import (
     scores_to_ict,
     seal_lips,
 )
-from flexavatar.rest import close_opened_eyes, lower_lifted_brows
+from flexavatar.rest import let_go_of_rest
 from flexavatar.rotations import matrix_to_axis_angle
 from flexavatar.tracking import detect_face
 from flexavatar.tracking.correspondence import load_correspondence
@@ -58,6 +59,10 @@ REST_BROW_STEPS = np.array([0.0, 0.15, 0.3])
 #: (browDown at rest, eyes opened; re-encoding the photo as JPEG q97 moved that excess by at most
 #: 0.014 on 9 photos): the astronaut's, 0.005 above, stay; single_face.jpg's, 0.17 / 0.10, lift.
 REST_BROW_MARGIN = 0.015
+#: :func:`rest_lip_release`: the lip-stretch weights rendered; the last is the most it widens a rest...
+REST_LIP_STEPS = np.array([0.0, 0.25, 0.5])
+#: ...and only lips that re-track more puckered than the calibration avatars' by more than this.
+REST_LIP_MARGIN = 0.05
 #: Expressions of a clip rendered and re-tracked to measure the avatar's own expression pose bias
 #: (:func:`measured_pose_bias`) and to correct its expressions (:func:`closed_loop_expressions`).
 POSE_BIAS_SAMPLES = 16
@@ -126,8 +131,9 @@ def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration,
                           with_rest_scores: bool = False):  # fmt: skip
     """[S] how far each score moves when ``avatar`` shows that score's shape(s) at calibration
     weight 1 (times its shape gain) on its neutral ``rest`` [57] (default zeros; its eyes held
-    open, :func:`rest_eye_opening`, and brows lifted, :func:`rest_brow_lift`, let go of in the
-    blinks and frowns as driving does): the re-tracked score
+    open, :func:`rest_eye_opening`, brows lifted, :func:`rest_brow_lift`, and lips widened,
+    :func:`rest_lip_release`, let go of in the blinks, frowns and puckers as driving does,
+    :func:`~flexavatar.rest.let_go_of_rest`): the re-tracked score
     minus the rest render's, from the avatar's own source camera (NaN where a render is not
     tracked). ``with_rest_scores``: (spans, the rest render's scores [S]). S + 1 renders and
     re-trackings (~2-3 s on 2 CPU cores)."""
@@ -135,7 +141,7 @@ def avatar_response_spans(model, avatar: Avatar, calibration: MotionCalibration,
     rest = np.zeros(NUM_EXPRESSIONS) if rest is None else np.asarray(rest, np.float64)
     values = np.concatenate([np.zeros((1, len(names))), np.eye(len(names))])
     codes = np.maximum(scores_to_ict(values, names, np.zeros(NUM_EXPRESSIONS), calibration.shape_gains), rest)
-    codes = lower_lifted_brows(close_opened_eyes(codes, rest), rest)
+    codes = let_go_of_rest(codes, rest)
     scores, _ = retrack(render_expressions(model, avatar, codes))
     columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in names]
     spans = scores[1 + np.arange(len(names)), columns] - scores[0, columns]
@@ -195,6 +201,19 @@ def rest_brow_lift(model, avatar: Avatar, calibration: MotionCalibration, base: 
     lets go as the brows lower. :data:`REST_BROW_STEPS` renders, interpolated per side."""
     sides = [(["browInnerUp_L", "browOuterUp_L"], "browDownLeft"), (["browInnerUp_R", "browOuterUp_R"], "browDownRight")]
     return _rest_lift(model, avatar, calibration, base, sides, REST_BROW_STEPS, REST_BROW_MARGIN)
+
+
+def rest_lip_release(model, avatar: Avatar, calibration: MotionCalibration, base: np.ndarray) -> np.ndarray:
+    """[57] ICT weights (mouthStretch of both sides, else 0) that widen ``avatar``'s neutral lips on
+    its rest ``base`` [57] until they re-track no more puckered than the calibration avatars' do
+    (their pucker at weight 0), at most the last of :data:`REST_LIP_STEPS`. A photo's rounded lips
+    (an "O" of surprise, a pout) stay in its colours after the expression is removed:
+    0-f1-su-ph.jpg's avatar re-tracks a pucker of 0.69 at rest and loses it as soon as it talks;
+    stretched by 0.5 it reads 0.08, and the stretch itself reads 0.00.
+    :func:`~flexavatar.rest.release_widened_lips` lets go as the lips pucker.
+    :data:`REST_LIP_STEPS` renders."""
+    sides = [(["mouthStretch_L", "mouthStretch_R"], "mouthPucker")]
+    return _rest_lift(model, avatar, calibration, base, sides, REST_LIP_STEPS, REST_LIP_MARGIN)
 
 
 def sample_frames(expressions: np.ndarray, rest: np.ndarray, samples: int) -> np.ndarray:
@@ -404,7 +423,7 @@ def avatar_calibration(model, avatar: Avatar, calibration=None) -> MotionCalibra
     (:func:`avatar_response_spans`, :func:`flexavatar.motion.calibration_for_avatar`) and head
     turns (:func:`sweep_turns`, :func:`turn_gain` per direction). The fit is kept for the last
     :data:`FITTED_CALIBRATIONS` avatars (by content, network and calibration file): driving one
-    avatar again (another clip, the live tab after a reenactment) skips its 65 renders."""
+    avatar again (another clip, the live tab after a reenactment) skips its 68 renders."""
     if isinstance(calibration, MotionCalibration):
         return calibration
     loaded = load_calibration(calibration)  # cached by path and modification time
@@ -415,6 +434,7 @@ def avatar_calibration(model, avatar: Avatar, calibration=None) -> MotionCalibra
             return _FITTED[key][1]
     opening = rest_eye_opening(model, avatar, loaded)
     rest = opening + rest_brow_lift(model, avatar, loaded, opening)
+    rest = rest + rest_lip_release(model, avatar, loaded, rest)
     spans, rest_scores = avatar_response_spans(model, avatar, loaded, rest, with_rest_scores=True)
     gains = turn_gain(sweep_turns(model, avatar)[None], by_direction=True)  # this avatar's own, per direction
     fitted = replace(calibration_for_avatar(loaded, spans), rest_offset=rest, rest_scores=rest_scores, turn_gain=gains)

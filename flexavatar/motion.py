@@ -14,9 +14,11 @@ or the driver's score (absolute), then w = f⁻¹(target). The rest expression i
 photo's or, with ``neutralise``, neutral (w_rest = 0): a frowning photo can then smile; eyes a
 smiling photo narrowed in its colours are held open (``MotionCalibration.rest_offset``,
 :func:`flexavatar.closed_loop.rest_eye_opening`; :func:`flexavatar.rest.close_opened_eyes` lets go
-as they blink) and brows that read as lowered are lifted until they read level
+as they blink), brows that read as lowered are lifted until they read level
 (:func:`flexavatar.closed_loop.rest_brow_lift`; :func:`flexavatar.rest.lower_lifted_brows` lets go
-as they frown).
+as they frown) and lips a photo rounded are widened until they no longer read as a pucker
+(:func:`flexavatar.closed_loop.rest_lip_release`; :func:`flexavatar.rest.release_widened_lips`
+lets go as they pucker).
 
 Head pose. The head is fixed in canonical space, so the driver's motion becomes a camera
 (:mod:`flexavatar.framing`): rotation from the driver (relative to its first frame, on top of
@@ -54,7 +56,7 @@ from flexavatar.head.blendshapes import (
     mediapipe_to_ict_matrix,
 )
 from flexavatar.model import Avatar
-from flexavatar.rest import close_opened_eyes, lower_lifted_brows, rest_expression
+from flexavatar.rest import let_go_of_rest, rest_expression
 
 CALIBRATION_FILE = "motion_calibration.json"
 #: A calibrated response spanning less than this (score units) carries no information: that
@@ -166,9 +168,10 @@ class MotionCalibration:
     shape_gains: [S] or None (all 1): the ICT weight of score s's shape(s) at calibration weight 1
         (:data:`SHAPE_GAINS`); :func:`scores_to_ict` / :func:`ict_to_scores` apply it.
     rest_offset: [57] or None: one avatar's neutral rest expression (ICT weights) when it is not
-        all zeros: the eyes opened and the brows lifted until they re-track as open and as level as
-        the calibration avatars' do (:func:`flexavatar.closed_loop.rest_eye_opening`,
-        :func:`flexavatar.closed_loop.rest_brow_lift`); never in the file.
+        all zeros: the eyes opened, the brows lifted and the lips widened until they re-track as
+        open, as level and as unpuckered as the calibration avatars' do
+        (:func:`flexavatar.closed_loop.rest_eye_opening`, :func:`flexavatar.closed_loop.rest_brow_lift`,
+        :func:`flexavatar.closed_loop.rest_lip_release`); never in the file.
     rest_scores: [S] or None: one avatar's own re-tracked scores at that rest (its photo's colours
         can read as an expression: an "O" mouth's lips as a pucker of 0.64); never in the file.
     """
@@ -374,7 +377,7 @@ def driving_expressions(
     calibration = calibration if calibration is not None else load_calibration()
     expressions = _calibrated_expressions(avatar, driver, relative, neutralise, calibration, fps)
     rest = rest_expression(avatar, neutralise, calibration)
-    expressions = lower_lifted_brows(close_opened_eyes(expressions, rest), rest)
+    expressions = let_go_of_rest(expressions, rest)
     if whole_clip:
         expressions = end_gaze_with_blinks(expressions, fps)
     return expressions if lip_gaps is None else seal_lips(expressions, lip_gaps)

@@ -4,8 +4,9 @@ Neutralised, a photo's expression leaves its colours behind: a smiling photo's n
 and squint re-track as half-closed eyes and lowered brows on the neutral face. The avatar's
 fitted calibration holds the ICT weights that make its rest re-track neutral
 (``MotionCalibration.rest_offset``: :func:`flexavatar.closed_loop.rest_eye_opening`,
-:func:`flexavatar.closed_loop.rest_brow_lift`); driving lets go of them where the driver
-closes its eyes or frowns (:func:`close_opened_eyes`, :func:`lower_lifted_brows`).
+:func:`flexavatar.closed_loop.rest_brow_lift`, :func:`flexavatar.closed_loop.rest_lip_release`);
+driving lets go of them where the driver closes its eyes, frowns or purses its lips
+(:func:`let_go_of_rest`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from flexavatar.model import Avatar
 BLINK_OPENING_FADE = 0.5
 #: :func:`lower_lifted_brows`: a rest that lifts the brows lets go of them by this browDown weight.
 BROW_LIFT_FADE = 0.5
+#: :func:`release_widened_lips`: a rest that widens the lips lets go of them by this pucker plus
+#: funnel weight (ICT's pucker is driven up to 2).
+LIP_RELEASE_FADE = 0.5
 
 
 def rest_expression(avatar: Avatar | None, neutralise: bool, calibration=None) -> np.ndarray:
@@ -59,3 +63,26 @@ def lower_lifted_brows(expressions: np.ndarray, rest: np.ndarray) -> np.ndarray:
             column = EXPRESSION_INDEX[shape]
             out[:, column] = np.clip(out[:, column] - rest[column] * (1.0 - keep), 0.0, None)
     return out
+
+
+def release_widened_lips(expressions: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """[T,57] ICT expressions whose rest [57] widens the lips with mouthStretch
+    (:func:`flexavatar.closed_loop.rest_lip_release`) -> [T,57] with that stretch fading out as
+    the lips pucker or funnel (gone at pucker + funnel weight :data:`LIP_RELEASE_FADE`): the
+    stretch only undoes a photo's rounded lips at rest and would fight a driver's kiss. Stretch
+    the driver adds on top is kept."""
+    out = np.array(expressions, np.float32, copy=True)
+    rounding = out[:, EXPRESSION_INDEX["mouthPucker"]] + out[:, EXPRESSION_INDEX["mouthFunnel"]]
+    let_go = 1.0 - np.clip(1.0 - rounding / LIP_RELEASE_FADE, 0.0, 1.0)
+    for shape in ("mouthStretch_L", "mouthStretch_R"):
+        column = EXPRESSION_INDEX[shape]
+        out[:, column] = np.clip(out[:, column] - rest[column] * let_go, 0.0, None)
+    return out
+
+
+def let_go_of_rest(expressions: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """[T,57] ICT expressions on the rest [57] -> [T,57] with what the rest holds only to read
+    neutral let go where the expression moves that part: eyes held open through blinks
+    (:func:`close_opened_eyes`), lifted brows through frowns (:func:`lower_lifted_brows`),
+    widened lips through a pucker (:func:`release_widened_lips`)."""
+    return release_widened_lips(lower_lifted_brows(close_opened_eyes(expressions, rest), rest), rest)

@@ -13,7 +13,13 @@ from PIL import Image, ImageDraw
 
 from flexavatar import closed_loop, pipeline
 from flexavatar.__main__ import main
-from flexavatar.closed_loop import avatar_calibration, avatar_response_spans, measured_pose_bias
+from flexavatar.closed_loop import (
+    avatar_calibration,
+    avatar_response_spans,
+    measured_pose_bias,
+    render_expressions,
+    retrack,
+)
 from flexavatar.eval.motion import (
     MIN_RELIABILITY,
     driver_reliability,
@@ -41,8 +47,11 @@ from flexavatar.motion import (
 from flexavatar.rest import (
     BLINK_OPENING_FADE,
     BROW_LIFT_FADE,
+    LIP_RELEASE_FADE,
     close_opened_eyes,
+    let_go_of_rest,
     lower_lifted_brows,
+    release_widened_lips,
     rest_expression,
 )
 from flexavatar.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_angle_deg
@@ -573,6 +582,37 @@ def test_the_rest_lets_go_of_the_brows_when_they_frown():
     np.testing.assert_allclose(out[:, lift["L"]], [[0.2, 0.2], [0.1, 0.1], [0.0, 0.0]], atol=1e-6)
     np.testing.assert_allclose(out[:, lift["R"]], [[0.2, 0.2], [0.2, 0.2], [0.5, 0.2]], atol=1e-6)  # no frown there
     np.testing.assert_allclose(lower_lifted_brows(frames, np.zeros(NUM_EXPRESSIONS)), frames)  # nothing lifted
+
+
+def test_the_rest_lets_go_of_the_widened_lips_when_they_pucker():
+    stretch = [EXPRESSION_INDEX["mouthStretch_L"], EXPRESSION_INDEX["mouthStretch_R"]]
+    rest = np.zeros(NUM_EXPRESSIONS)
+    rest[stretch] = 0.4
+    frames = np.repeat(rest[None], 4, axis=0).astype(np.float32)
+    frames[:, EXPRESSION_INDEX["mouthPucker"]] = [0.0, LIP_RELEASE_FADE / 2, 2.0, 0.0]
+    frames[3, EXPRESSION_INDEX["mouthFunnel"]] = LIP_RELEASE_FADE  # a funnel rounds them too
+    frames[2, stretch[1]] = 0.9  # the driver stretches that side further
+    out = release_widened_lips(frames, rest)
+    np.testing.assert_allclose(out[:, stretch], [[0.4, 0.4], [0.2, 0.2], [0.0, 0.5], [0.0, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(release_widened_lips(frames, np.zeros(NUM_EXPRESSIONS)), frames)  # nothing widened
+    both = let_go_of_rest(frames, rest)  # all three let-gos in one
+    np.testing.assert_allclose(both[:, stretch], out[:, stretch], atol=1e-6)
+
+
+def test_a_photos_rounded_lips_are_released_at_rest(model, shared_media):
+    """0-f1-su-ph.jpg's surprised "O" stays in its avatar's colours: at rest it re-tracks puckered
+    until the rest widens the lips; driving lets go of the stretch as the driver purses its lips."""
+    surprised = pipeline.create_avatar(shared_media / "0-f1-su-ph.jpg", model=model)
+    calibration = avatar_calibration(model, surprised)
+    rest = rest_expression(surprised, True, calibration)
+    stretch = [EXPRESSION_INDEX["mouthStretch_L"], EXPRESSION_INDEX["mouthStretch_R"]]
+    assert (rest[stretch] > 0.2).all(), rest[stretch]
+    plain = rest.copy()
+    plain[stretch] = 0.0
+    scores, _ = retrack(render_expressions(model, surprised, np.stack([plain, rest])))
+    pucker = MEDIAPIPE_BLENDSHAPE_NAMES.index("mouthPucker") - 1
+    assert scores[0, pucker] > 0.3 and scores[1, pucker] < 0.2, scores[:, pucker]
+    assert calibration.rest_scores[calibration.names.index("mouthPucker")] < 0.2
 
 
 def test_closed_loop_correction_brings_the_renders_closer_to_the_driver(model, astronaut, shared_media):
