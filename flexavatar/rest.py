@@ -73,7 +73,7 @@ def release_widened_lips(expressions: np.ndarray, rest: np.ndarray) -> np.ndarra
     the driver adds on top is kept."""
     out = np.array(expressions, np.float32, copy=True)
     rounding = out[:, EXPRESSION_INDEX["mouthPucker"]] + out[:, EXPRESSION_INDEX["mouthFunnel"]]
-    let_go = 1.0 - np.clip(1.0 - rounding / LIP_RELEASE_FADE, 0.0, 1.0)
+    let_go = np.clip(rounding / LIP_RELEASE_FADE, 0.0, 1.0)  # [T] 0 at rest, 1 from the fade on
     for shape in ("mouthStretch_L", "mouthStretch_R"):
         column = EXPRESSION_INDEX[shape]
         out[:, column] = np.clip(out[:, column] - rest[column] * let_go, 0.0, None)
