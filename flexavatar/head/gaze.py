@@ -54,16 +54,24 @@ def gaze_rotations(expressions: torch.Tensor) -> torch.Tensor:
     return torch.stack(turns, 1)
 
 
-def turn_eyeballs(head, vertices: torch.Tensor, neutral: torch.Tensor, expressions: torch.Tensor) -> torch.Tensor:
+def neutral_eyeball_centres(head, neutral: torch.Tensor) -> torch.Tensor:
+    """[1,2,3] float64 m: the eyeball centres of ``neutral`` [1,V,3] (expressions do not move the
+    eyeballs, so one avatar's centres hold for all its frames), in double: the same turn whichever
+    path (batched or cached) computed the mesh."""
+    return eyeball_centres([neutral[:, i].double() for i in eyeball_vertex_ids(head)])
+
+
+def turn_eyeballs(head, vertices: torch.Tensor, neutral: torch.Tensor, expressions: torch.Tensor,
+                  centres: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """vertices [B,V,3] m with each eyeball turned about its centre (from ``neutral`` [1,V,3], the
-    same identity: expressions do not move the eyeballs) by the eyeLook weights of ``expressions``
-    [B,57]. Unchanged (the same tensor) where no eye looks anywhere."""
+    same identity, or ``centres`` [1,2,3] when already known: :func:`neutral_eyeball_centres`) by
+    the eyeLook weights of ``expressions`` [B,57]. Unchanged (the same tensor) where no eye looks
+    anywhere."""
     looks = [EXPRESSION_INDEX[f"eyeLook{d}_{s}"] for s, _, _ in EYES for d in EYE_TURN_DEG]
     if not (expressions[:, looks] != 0).any():
         return vertices
     ids = eyeball_vertex_ids(head)
-    # in double: the same turn whichever path (batched or cached) computed the mesh
-    centres = eyeball_centres([neutral[:, i].double() for i in ids])  # [1,2,3]
+    centres = neutral_eyeball_centres(head, neutral) if centres is None else centres  # [1,2,3]
     rotations = gaze_rotations(expressions.double())  # [B,2,3,3]
     out = vertices.clone()
     for eye, i in enumerate(ids):  # two eyes

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from flexavatar.head.gaze import eyeball_centres, eyeball_vertex_ids
+from flexavatar.head.gaze import neutral_eyeball_centres
 
 #: Angular radius (degrees, from the eyeball's centre about its forward axis) of the painted iris
 #: and pupil. ICT's iris mesh spans ~35° (90% of its texels); a human iris ~12 mm across on a
@@ -42,7 +42,7 @@ def eyeball_geometry(atlas, head, neutral: torch.Tensor) -> tuple[torch.Tensor, 
     its eyeball's forward axis [N] degrees (the median direction of its iris texels from the
     eyeball's centre; 180 off the eyeballs), on ``neutral`` [1,V,3] m."""
     points = atlas.surface_points(neutral)[0].double()  # [N,3]
-    centres = eyeball_centres([neutral[:, ids].double() for ids in eyeball_vertex_ids(head)])[0]  # [2,3]
+    centres = neutral_eyeball_centres(head, neutral)[0]  # [2,3]
     eyes, angle = [], torch.full((points.shape[0],), 180.0, dtype=torch.float64, device=points.device)
     for side, centre in zip(("left", "right"), centres):
         eye = atlas.region_mask(f"sclera_{side}", f"iris_{side}")

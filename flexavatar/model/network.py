@@ -14,7 +14,7 @@ from flexavatar.camera import Camera, stack_cameras
 from flexavatar.head import ICTHead, UVAtlas
 from flexavatar.head.atlas import mirror_texels
 from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
-from flexavatar.head.gaze import turn_eyeballs
+from flexavatar.head.gaze import neutral_eyeball_centres, turn_eyeballs
 from flexavatar.model.avatar import Avatar
 from flexavatar.model.config import FlexAvatarConfig
 from flexavatar.model.evidence import uv_evidence
@@ -70,7 +70,8 @@ class DeformCache:
     reads (corners of the texels' triangles, about half the head's); at them, template [U,3] m,
     identity_offsets [1,U,3] m and expression_basis [57,U*3] m (the head model's terms, so that
     :meth:`FlexAvatarModel.texel_mesh` adds them up as :meth:`FlexAvatarModel.mesh` does).
-    lid_skin [2,3] and eye_colours [N,3]: :meth:`FlexAvatarModel.eye_paint` of the static colours.
+    lid_skin [2,3] and eye_colours [N,3]: :meth:`FlexAvatarModel.eye_paint` of the static colours;
+    eyeball_centres [1,2,3] float64 m (:func:`~flexavatar.head.gaze.neutral_eyeball_centres`).
     Valid while the avatar's tensors and the network's weights stay as they were (a new avatar or
     checkpoint needs a new cache).
     """
@@ -86,6 +87,7 @@ class DeformCache:
     expression_basis: torch.Tensor
     lid_skin: torch.Tensor
     eye_colours: torch.Tensor
+    eyeball_centres: torch.Tensor
 
 
 def smooth_where_unseen(delta: torch.Tensor, coverage: torch.Tensor, chart: torch.Tensor) -> torch.Tensor:
@@ -303,6 +305,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
             expression_basis=basis[:, texel_vertices].flatten(1).contiguous(),
             lid_skin=skin,
             eye_colours=eye_colours,
+            eyeball_centres=neutral_eyeball_centres(head, neutral),
         )
 
     def texel_mesh(self, cache: DeformCache, expressions: torch.Tensor) -> torch.Tensor:
@@ -373,7 +376,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
             attributes, spacing = cache.static_texels + self.atlas.gather(dynamic), cache.spacing
         # the eyeballs turn with the gaze after the deformer has read the mesh (it was trained on
         # meshes whose eyeballs never moved)
-        vertices = turn_eyeballs(self.head, vertices, neutral, expressions)
+        vertices = turn_eyeballs(self.head, vertices, neutral, expressions, None if cache is None else cache.eyeball_centres)
         own = self.atlas.gather(avatar.static_maps[None, colour])[0] if cache is None else cache.static_texels[0, :, colour]
         own = own.detach().clamp(0.0, 1.0)
         skin, painted = self.eye_paint(own) if cache is None else (cache.lid_skin, cache.eye_colours)
