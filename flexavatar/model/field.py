@@ -154,6 +154,12 @@ def shut_lid_colours(colours: torch.Tensor, blinks: torch.Tensor, targets: torch
     return colours + weight * (targets[None] - colours)
 
 
+def triangle_areas(atlas, vertices: torch.Tensor) -> torch.Tensor:
+    """[B,N] the area (m²) of each texel's anchoring triangle in ``vertices`` [B,V,3]."""
+    corners = atlas._corners(vertices)
+    return torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0]).norm(dim=-1)
+
+
 def surface_stretch(atlas, vertices: torch.Tensor, neutral: torch.Tensor, texels: torch.Tensor | None = None) -> torch.Tensor:
     """[B,N] how much each texel's surface is stretched in ``vertices`` [B,V,3] relative to
     ``neutral`` [1,V,3]: sqrt of the anchoring triangle's area ratio, in [1, MAX_STRETCH]; 1
@@ -163,11 +169,7 @@ def surface_stretch(atlas, vertices: torch.Tensor, neutral: torch.Tensor, texels
     lid leave gaps through which the eyeball shows, and the closed eye re-tracks as open. (Over
     the whole face it also widened a smile's Gaussians: the live smile r 0.83 -> 0.68.)"""
 
-    def areas(mesh: torch.Tensor) -> torch.Tensor:
-        corners = atlas._corners(mesh)
-        return torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0]).norm(dim=-1)
-
-    stretch = (areas(vertices) / areas(neutral).clamp_min(1e-12)).sqrt().clamp(1.0, MAX_STRETCH)
+    stretch = (triangle_areas(atlas, vertices) / triangle_areas(atlas, neutral).clamp_min(1e-12)).sqrt().clamp(1.0, MAX_STRETCH)
     return stretch if texels is None else torch.where(texels, stretch, torch.ones_like(stretch))
 
 

@@ -17,6 +17,7 @@ from flexavatar.head.blendshapes import EXPRESSION_INDEX, NUM_EXPRESSIONS
 from flexavatar.head.gaze import neutral_eyeball_centres, turn_eyeballs
 from flexavatar.model.avatar import Avatar
 from flexavatar.model.config import FlexAvatarConfig
+from flexavatar.model.creases import Creases, LastCreases, crease_colours, crease_skin, source_creases
 from flexavatar.model.evidence import uv_evidence
 from flexavatar.model.eyes import eyeball_colours, eyeball_geometry, shut_eyeball_colours
 from flexavatar.model.field import (
@@ -71,7 +72,8 @@ class DeformCache:
     identity_offsets [1,U,3] m and expression_basis [57,U*3] m (the head model's terms, so that
     :meth:`FlexAvatarModel.texel_mesh` adds them up as :meth:`FlexAvatarModel.mesh` does).
     lid_skin [2,3] and eye_colours [N,3]: :meth:`FlexAvatarModel.eye_paint` of the static colours;
-    eyeball_centres [1,2,3] float64 m (:func:`~flexavatar.head.gaze.neutral_eyeball_centres`).
+    eyeball_centres [1,2,3] float64 m (:func:`~flexavatar.head.gaze.neutral_eyeball_centres`);
+    creases: :meth:`FlexAvatarModel.creases` of the avatar.
     Valid while the avatar's tensors and the network's weights stay as they were (a new avatar or
     checkpoint needs a new cache).
     """
@@ -88,6 +90,7 @@ class DeformCache:
     lid_skin: torch.Tensor
     eye_colours: torch.Tensor
     eyeball_centres: torch.Tensor
+    creases: Creases
 
 
 def smooth_where_unseen(delta: torch.Tensor, coverage: torch.Tensor, chart: torch.Tensor) -> torch.Tensor:
@@ -166,6 +169,13 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         self.register_buffer("eyeball_angle", eyeball_angle, persistent=False)  # [N] degrees off its gaze
         face_skin = self.atlas.region_mask("face") & ~self.eyelid
         self.register_buffer("face_skin", face_skin, persistent=False)  # [N] the face's texels off the lids
+        # [N] where a photo's expression creases may be taken out (flexavatar.model.creases)
+        rolled = torch.zeros(1, NUM_EXPRESSIONS)
+        rolled[0, [EXPRESSION_INDEX["mouthRollLower"], EXPRESSION_INDEX["mouthRollUpper"]]] = 1.0
+        lips_rolled = self.head.vertices(None, rolled)
+        self.register_buffer("crease_skin", crease_skin(self.atlas, neutral, lips_rolled, face_skin, self.eyelid),
+                             persistent=False)  # fmt: skip
+        self._last_creases = LastCreases()
         # [1,R,R] where encode low-passes the colour correction on unseen texels
         # (smooth_where_unseen): face skin; eyelids keep theirs, because the skin a blink uncovers
         # is hidden in an open-eyed photo too, and its learned colour makes a closed lid read closed
@@ -282,6 +292,19 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         skin = lid_skin(colours, self.lid_borders)
         return skin, eyeball_colours(colours, self.eyeballs, self.eyeball_angle, skin, self.face_skin)
 
+    def creases(self, avatar: Avatar, colours: torch.Tensor, neutral: torch.Tensor) -> Creases:
+        """The expression creases in ``avatar``'s static texel ``colours`` [N,3] (its photo's
+        smile lines and furrows, :mod:`flexavatar.model.creases`) on its face skin away from the
+        eyes (:func:`~flexavatar.model.creases.crease_skin`);
+        neutral [1,V,3] its neutral mesh. The last avatar's are kept (:class:`~flexavatar.model.creases.LastCreases`)."""
+
+        def find() -> Creases:
+            with torch.no_grad():
+                source = self.mesh(avatar.identity, avatar.source_expression[None].to(neutral))
+                return source_creases(self.atlas, colours.detach(), neutral.detach(), source, self.crease_skin)
+
+        return self._last_creases.get((avatar.static_maps, avatar.identity, avatar.source_expression), find)
+
     @torch.no_grad()
     def prepare_deform(self, avatar: Avatar, data_source: int = 0) -> DeformCache:
         """The expression-independent part of :meth:`deform` for ``avatar`` (inference only):
@@ -292,7 +315,8 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         identity_offsets = (avatar.identity[None] @ head.identity_basis[: avatar.identity.shape[-1]]).view(1, -1, 3)
         basis = head.expression_basis.view(head.expression_basis.shape[0], -1, 3)
         static_texels = self.atlas.gather(avatar.static_maps[None])
-        skin, eye_colours = self.eye_paint(static_texels[0, :, ATTRIBUTE_SLICES["colour"]].detach().clamp(0.0, 1.0))
+        own = static_texels[0, :, ATTRIBUTE_SLICES["colour"]].detach().clamp(0.0, 1.0)
+        skin, eye_colours = self.eye_paint(own)
         return DeformCache(
             neutral=neutral,
             neutral_map=neutral_map,
@@ -306,6 +330,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
             lid_skin=skin,
             eye_colours=eye_colours,
             eyeball_centres=neutral_eyeball_centres(head, neutral),
+            creases=self.creases(avatar, own, neutral),
         )
 
     def texel_mesh(self, cache: DeformCache, expressions: torch.Tensor) -> torch.Tensor:
@@ -374,14 +399,17 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
             spacing = self.spacing(neutral)
         else:
             attributes, spacing = cache.static_texels + self.atlas.gather(dynamic), cache.spacing
+        own = self.atlas.gather(avatar.static_maps[None, colour])[0] if cache is None else cache.static_texels[0, :, colour]
+        own = own.detach().clamp(0.0, 1.0)
+        # the photo's creases come and go with the skin's motion (flexavatar.model.creases)
+        creases = self.creases(avatar, own, neutral) if cache is None else cache.creases
+        colours = crease_colours(attributes[..., colour], creases, self.atlas.surface_points(vertices))
         # the eyeballs turn with the gaze after the deformer has read the mesh (it was trained on
         # meshes whose eyeballs never moved)
         vertices = turn_eyeballs(self.head, vertices, neutral, expressions, None if cache is None else cache.eyeball_centres)
-        own = self.atlas.gather(avatar.static_maps[None, colour])[0] if cache is None else cache.static_texels[0, :, colour]
-        own = own.detach().clamp(0.0, 1.0)
         skin, painted = self.eye_paint(own) if cache is None else (cache.lid_skin, cache.eye_colours)
         # painted eyeballs (flexavatar.model.eyes), whatever the deformer adds to them
-        colours = torch.where(self.eyeballs.any(0)[None, :, None], painted[None], attributes[..., colour])
+        colours = torch.where(self.eyeballs.any(0)[None, :, None], painted[None], colours)
         blinks = expressions[:, [EXPRESSION_INDEX["eyeBlink_L"], EXPRESSION_INDEX["eyeBlink_R"]]].to(attributes)
         if (blinks > SHUT_LID_START).any():  # shut lids take skin and a lash line (shut_lid_colours)
             targets = shut_lid_targets(own, self.lid_closure, skin)
