@@ -14,6 +14,7 @@ and refinement see the photo's colours unchanged), the creases deepening as the 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +48,9 @@ EYE_MARGIN_M = 0.02
 
 #: The lips (texels that rolling them in, mouthRollLower + mouthRollUpper, moves farther than this,
 #: metres) never crease here either: a pout or an "O" compresses them, and their colour is
-#: pigment, not a fold's shadow (lightened, 0-f1-su-ph.jpg's "O" came back as a pucker reading
-#: 0.4 too high whenever the driver pursed its lips).
+#: pigment, not a fold's shadow (lightened, 15-f13-anc-ph.jpg's pouting lips lost their colour at
+#: rest and got it back whenever the driver pursed its lips: WolfgangLanger_Pexels.mp4 x 15-f13
+#: pucker r 0.77 -> -0.02; 0.77 with the lips left alone).
 LIP_ROLL_M = 0.005
 
 
@@ -84,16 +86,19 @@ class LastCreases:
     deform cache; finding its creases was a third of a 256² still, 12 of 45 ms)."""
 
     def __init__(self):
-        self._last: tuple | None = None  # ((tensor, its version) ..., Creases), swapped whole
+        # ((weak reference to a tensor, its version) ..., Creases), swapped whole; weak, so that
+        # a training step's avatar (and its autograd graph) is not kept alive until the next one
+        self._last: tuple | None = None
 
     def get(self, tensors: tuple[torch.Tensor, ...], find) -> Creases:
         """The creases found from ``tensors`` (``find()`` when they are not the last ones)."""
-        key = tuple((tensor, tensor._version) for tensor in tensors)
         last = self._last
-        if last is not None and all(a is b and u == v for (a, u), (b, v) in zip(last[0], key)):
+        if last is not None and len(last[0]) == len(tensors) and all(
+            ref() is tensor and version == tensor._version for (ref, version), tensor in zip(last[0], tensors)
+        ):
             return last[1]
         creases = find()
-        self._last = (key, creases)
+        self._last = (tuple((weakref.ref(tensor), tensor._version) for tensor in tensors), creases)
         return creases
 
 
@@ -112,7 +117,7 @@ def source_creases(atlas, colours: torch.Tensor, neutral: torch.Tensor, source: 
 
     colours [N,3] in [0,1]: the avatar's static texel colours; neutral [1,V,3], source [1,V,3]
     metres: its mesh at the neutral and at the source expression; skin [N] bool: the texels that
-    may crease (the face's skin, off the lids and eyeballs, which paint and shut on their own)."""
+    may crease (:func:`crease_skin`)."""
     skin_map = atlas.scatter(skin.to(colours)[None, :, None])  # [1,1,R,R]
     ratio = (triangle_areas(atlas, source) / triangle_areas(atlas, neutral).clamp_min(1e-12)).sqrt()  # [1,N]
     compression = ((1.0 - ratio) / CREASE_FULL_COMPRESSION).clamp(0.0, 1.0) * skin.to(colours)
