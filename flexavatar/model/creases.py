@@ -19,9 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from flexavatar.model.field import triangle_areas
+from flexavatar.model.field import blur_on_chart, triangle_areas
 
 #: Area-scale compression (1 - sqrt(area ratio)) at which a texel counts fully as creased: a
 #: smile compresses the nasolabial skin by 15-30 %, raised brows the forehead by up to 50 %.
@@ -102,16 +101,6 @@ class LastCreases:
         return creases
 
 
-def _box(uv_map: torch.Tensor, window: int, chart: torch.Tensor) -> torch.Tensor:
-    """Two box passes over [B,C,R,R] normalised by ``chart`` [B,1,R,R], so nothing off it leaks in."""
-
-    def box(x: torch.Tensor) -> torch.Tensor:  # separable: a row pass then a column pass
-        x = F.avg_pool2d(x, (1, window), 1, (0, window // 2), count_include_pad=False)
-        return F.avg_pool2d(x, (window, 1), 1, (window // 2, 0), count_include_pad=False)
-
-    return box(box(uv_map * chart)) / box(box(chart)).clamp_min(1e-6)
-
-
 def source_creases(atlas, colours: torch.Tensor, neutral: torch.Tensor, source: torch.Tensor, skin: torch.Tensor) -> Creases:
     """The creases an avatar's source expression baked into its colours.
 
@@ -121,10 +110,10 @@ def source_creases(atlas, colours: torch.Tensor, neutral: torch.Tensor, source: 
     skin_map = atlas.scatter(skin.to(colours)[None, :, None])  # [1,1,R,R]
     ratio = (triangle_areas(atlas, source) / triangle_areas(atlas, neutral).clamp_min(1e-12)).sqrt()  # [1,N]
     compression = ((1.0 - ratio) / CREASE_FULL_COMPRESSION).clamp(0.0, 1.0) * skin.to(colours)
-    mask = _box(atlas.scatter(compression[..., None].to(colours)), MASK_WINDOW, skin_map)
+    mask = blur_on_chart(atlas.scatter(compression[..., None].to(colours)), MASK_WINDOW, skin_map)
     mask = atlas.gather((2.0 * mask).clamp(max=1.0) * skin_map)[0]  # [N,1]
-    chart = atlas.scatter(torch.ones_like(colours[None, :, :1]))
-    surround = atlas.gather(_box(atlas.scatter(colours[None]), SURROUND_WINDOW, chart))[0]  # [N,3]
+    chart = atlas.mask[None, None].to(colours)
+    surround = atlas.gather(blur_on_chart(atlas.scatter(colours[None]), SURROUND_WINDOW, chart))[0]  # [N,3]
     neutral_points = atlas.surface_points(neutral)
     source_offsets = (atlas.surface_points(source) - neutral_points)[0]
     moved = (2.0 * source_offsets.norm(dim=-1, keepdim=True) / MIN_SOURCE_OFFSET_M - 1.0).clamp(0.0, 1.0)

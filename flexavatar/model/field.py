@@ -154,6 +154,17 @@ def shut_lid_colours(colours: torch.Tensor, blinks: torch.Tensor, targets: torch
     return colours + weight * (targets[None] - colours)
 
 
+def blur_on_chart(uv_map: torch.Tensor, window: int, chart: torch.Tensor) -> torch.Tensor:
+    """[B,C,R,R] UV maps low-passed by two ``window``-texel box passes (each a row then a column
+    pass), normalised by ``chart`` [B or 1,1,R,R] in [0,1] so that nothing off it leaks in."""
+
+    def box(x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.avg_pool2d(x, (1, window), 1, (0, window // 2), count_include_pad=False)
+        return torch.nn.functional.avg_pool2d(x, (window, 1), 1, (window // 2, 0), count_include_pad=False)
+
+    return box(box(uv_map * chart)) / box(box(chart)).clamp_min(1e-6)
+
+
 def triangle_areas(atlas, vertices: torch.Tensor) -> torch.Tensor:
     """[B,N] the area (m²) of each texel's anchoring triangle in ``vertices`` [B,V,3]."""
     corners = atlas._corners(vertices)

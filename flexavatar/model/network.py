@@ -24,6 +24,7 @@ from flexavatar.model.field import (
     ATTRIBUTE_SLICES,
     NUM_ATTRIBUTES,
     SHUT_LID_START,
+    blur_on_chart,
     gaussians_from_attributes,
     lid_borders,
     lid_closure,
@@ -98,12 +99,9 @@ def smooth_where_unseen(delta: torch.Tensor, coverage: torch.Tensor, chart: torc
     chart, the maps low-passed (two :data:`SMOOTH_WINDOW` box passes, normalised by the chart so
     nothing leaks across its edge) where coverage is 0, blending back to them as they are at
     coverage 1 / :data:`SMOOTH_FULL_COVERAGE_INV`; off the chart, unchanged."""
-    def box(x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, SMOOTH_WINDOW, 1, SMOOTH_WINDOW // 2, count_include_pad=False)
-
     chart = chart[None].to(delta)
     seen = (coverage * SMOOTH_FULL_COVERAGE_INV).clamp(max=1.0)
-    smooth = box(box(delta * chart)) / box(box(chart)).clamp_min(1e-6)
+    smooth = blur_on_chart(delta, SMOOTH_WINDOW, chart)
     return torch.where(chart > 0.5, seen * delta + (1 - seen) * smooth, delta)
 
 
@@ -301,7 +299,7 @@ class FlexAvatarModel(nn.Module, PyTorchModelHubMixin):
         def find() -> Creases:
             with torch.no_grad():
                 source = self.mesh(avatar.identity, avatar.source_expression[None].to(neutral))
-                return source_creases(self.atlas, colours.detach(), neutral.detach(), source, self.crease_skin)
+                return source_creases(self.atlas, colours, neutral, source, self.crease_skin)
 
         return self._last_creases.get((avatar.static_maps, avatar.identity, avatar.source_expression), find)
 
