@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -353,22 +355,55 @@ def test_track_face_then_no_face(shared_media):
     assert calls and calls[-1] == ("tracking", 1.0) and all(0.0 <= f <= 1.0 for _, f in calls)
 
 
-def test_first_frame_reads_as_the_tracker_reads_the_next(shared_media, monkeypatch):
-    """Where the face is acquired, the detector's reading differs from the tracker's on the next
-    frames (real clips: eyeSquint 0.22 on frame 0, 0.35 on frame 1); relative motion starts there,
-    so that frame is tracked once more: frame 0 then reads much closer to frame 1."""
-    from flexavatar.tracking import video_track
+def test_tracking_has_no_lag_a_clip_played_backwards_reads_the_same(tmp_path):
+    """Every frame is read on its own: examples/driving.mp4 played backwards tracks as its own
+    track played backwards. MediaPipe's VIDEO mode with one face (its causal landmark filter) fails this: jawOpen
+    r 0.86, eyeBlinks 0.78 / 0.71, mean differences 0.025-0.030 (0.007 each frame read on its own)."""
+    from flexavatar.video import iter_frames, probe_video, write_mp4
 
-    def first_step(clip) -> float:
-        scores = track_video(shared_media / clip, smoothing=0.0, max_frames=3).blendshapes
-        return float(np.abs(scores[0] - scores[1]).mean())
+    clip = Path(__file__).resolve().parents[1] / "examples" / "driving.mp4"
+    frames = list(iter_frames(clip))
+    fps = probe_video(clip).fps
+    forward = track_video(write_mp4(tmp_path / "forward.mp4", frames, fps), smoothing=0.0).blendshapes
+    backward = track_video(write_mp4(tmp_path / "backward.mp4", frames[::-1], fps), smoothing=0.0).blendshapes[::-1]
+    for name in ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight"):
+        column = MEDIAPIPE_BLENDSHAPE_NAMES.index(name)
+        a, b = forward[:, column], backward[:, column]
+        assert np.std(a) > 0.05, name  # the clip moves it
+        assert np.corrcoef(a, b)[0, 1] > 0.97 and np.abs(a - b).mean() < 0.015, name
 
-    for clip in ("single_face.mp4", "face_noface.mov"):
-        settled = first_step(clip)
-        monkeypatch.setattr(video_track, "REACQUIRE_PASSES", 0)
-        detected = first_step(clip)
-        monkeypatch.undo()
-        assert settled < 0.8 * detected, (clip, settled, detected)
+
+def test_followed_face_is_the_largest_then_the_nearest():
+    from flexavatar.tracking.video_track import followed_face
+
+    small, large = (300.0, 100.0, 360.0, 170.0), (0.0, 0.0, 200.0, 240.0)
+    assert followed_face([small, large], None, 1, 30.0) == 1
+    assert followed_face([small, (20.0, 10.0, 220.0, 250.0)], large, 1, 30.0) == 1
+    # once followed, a face stays followed when a larger one is in the frame too
+    assert followed_face([(0.0, 0.0, 400.0, 400.0), (305.0, 100.0, 365.0, 170.0)], small, 1, 30.0) == 1
+    # the followed face missed and someone else found: no face this frame...
+    assert followed_face([large], small, 1, 30.0) is None
+    # ...unless the followed face has been gone for more than a second
+    assert followed_face([large], small, 31, 30.0) == 0
+
+
+def test_video_with_several_faces_follows_one(tmp_path, shared_media):
+    """multi_face.jpg (five people) drifting 4 px a frame: the detector finds a different subset of
+    the faces in each frame; the track follows one person throughout (never hopping to whoever was
+    found) and says that there were several."""
+    from flexavatar.video import write_mp4
+
+    photo = read_image(shared_media / "multi_face.jpg")
+    height, width = photo.shape[0] - photo.shape[0] % 2, photo.shape[1] - 40
+    frames = [np.ascontiguousarray(photo[:height, shift : shift + width]) for shift in range(40, 0, -4)]
+    track = track_video(write_mp4(tmp_path / "crowd.mp4", frames, 10.0), smoothing=0.0)
+    assert any("faces in a frame" in w for w in track.warnings), track.warnings
+    found = np.flatnonzero(track.has_face)
+    assert len(found) >= 3
+    boxes = track.face_boxes[found]
+    widths = boxes[:, 2] - boxes[:, 0]
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2 - np.stack([4.0 * found, 0 * found], 1)  # undo the drift
+    assert np.linalg.norm(centres - centres[0], axis=1).max() < 0.3 * widths.min(), centres
 
 
 def test_track_max_frames(shared_media):

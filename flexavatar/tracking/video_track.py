@@ -1,7 +1,10 @@
 """Track a driving video: per-frame ICT expression, head pose and head crop box.
 
 Frames stream from :func:`flexavatar.video.iter_frames` (one in memory at a time) through a
-VIDEO-mode MediaPipe FaceLandmarker (it tracks between frames, faster than IMAGE mode).
+VIDEO-mode MediaPipe FaceLandmarker that looks for several faces (:func:`~flexavatar.tracking.detect.video_landmarker`:
+so MediaPipe applies no causal filter of its own and nothing lags; the smoothing below is
+zero-phase). Of the faces in a frame, the one followed is the largest at first, then the one
+near where it was last seen (:func:`followed_face`).
 Per frame: blendshapes -> 57 ICT weights; facial transformation matrix -> head pose in
 OpenCV camera space (:func:`flexavatar.tracking.pose.mediapipe_to_head_pose`: x_cam = R
 x_head + t, metres, for MediaPipe's assumed camera: focal ``VideoTrack.focal_px``, principal
@@ -44,6 +47,7 @@ from flexavatar.tracking.crop import crop_boxes_from_landmarks
 from flexavatar.tracking.detect import (
     MIN_FACE_PX,
     blendshape_scores,
+    landmark_box,
     landmarks_to_pixels,
     mp_image,
     video_landmarker,
@@ -63,8 +67,8 @@ CROP_UNIT_FRACTION = 0.2
 #: 0.79-0.88 over 5 avatars; at 30 0.90-0.93 (a still face is smoothed as before: same cutoff).
 EXPRESSION_BETA = 30.0
 POSE_BETA = 0.5
-#: Extra tracking passes over a frame where the face is (re)acquired (:func:`track_video`).
-REACQUIRE_PASSES = 1
+#: How far (face widths per frame) the followed face's centre may move between frames (:func:`followed_face`).
+FOLLOW_GATE = 0.5
 #: Runs of detections shorter than this, in a video that has longer ones, are false positives.
 MIN_FACE_RUN = 3
 #: A frame-to-frame change beyond these is a tracking snap, not head motion: rotation (degrees),
@@ -137,20 +141,22 @@ def lip_gaps(landmarks: np.ndarray) -> np.ndarray:
     return gap / np.maximum(height, 1e-6)
 
 
-def reread_acquired(landmarker, image, result, timestamp_ms: int):
-    """The VIDEO-mode ``result`` of a frame where the face was (re)acquired -> (result, timestamp)
-    after tracking the same ``image`` :data:`REACQUIRE_PASSES` more times at +1 ms each. The
-    first result comes from the detector's crop, the next frames' from the tracker's, and the two
-    read the same face differently (real clips: eyeSquint 0.22 -> 0.35 from frame 0 to 1);
-    relative motion starts here, so keep the tracker's reading (more passes measured no different).
-    Returns the last timestamp used (the next frame's must be later)."""
-    for _ in range(REACQUIRE_PASSES):
-        timestamp_ms += 1
-        again = landmarker.detect_for_video(image, timestamp_ms)
-        if len(again.face_landmarks) == 0:
-            break
-        result = again
-    return result, timestamp_ms
+def followed_face(boxes: list[tuple[float, float, float, float]], last_box, frames_since: int, fps: float) -> int | None:
+    """Index of the face to follow among a frame's landmark ``boxes`` [(x0, y0, x1, y1)] pixels,
+    or None when the followed face is not among them.
+
+    ``last_box``: where the followed face was last seen, ``frames_since`` frames ago (None: none
+    followed yet). The nearest face counts when its centre is within :data:`FOLLOW_GATE` of that
+    face's width per frame since; a face seen farther away is someone else (a detector that
+    misses the followed face in a crowd still finds others). With none followed yet, or none for
+    a second, the largest face is taken."""
+    boxes_array = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if last_box is None or frames_since > fps:
+        return int(np.argmax(np.prod(boxes_array[:, 2:] - boxes_array[:, :2], axis=1)))
+    last = np.asarray(last_box, np.float64)
+    distances = np.linalg.norm((boxes_array[:, :2] + boxes_array[:, 2:]) / 2 - (last[:2] + last[2:]) / 2, axis=1)
+    nearest = int(np.argmin(distances))
+    return nearest if distances[nearest] <= FOLLOW_GATE * (last[2] - last[0]) * max(frames_since, 1) else None
 
 
 def fill_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -261,25 +267,25 @@ def track_video(
 
     blendshapes, transforms, landmark_sets, widths, has_face = [], [], [], [], []
     width = height = 0
-    last_timestamp = -1
+    last_box, last_seen, most_faces, last_timestamp = None, -1, 1, -1
     with video_landmarker() as landmarker, contextlib.closing(iter_frames(info, max_frames)) as frames:
         for index, frame in enumerate(frames):
             height, width = frame.shape[:2]
             # VIDEO mode needs strictly increasing timestamps (ms).
             timestamp = max(int(round(index * 1000.0 / fps)), last_timestamp + 1)
             last_timestamp = timestamp
-            image = mp_image(frame)
-            result = landmarker.detect_for_video(image, timestamp)
-            found = len(result.face_landmarks) > 0
-            if found and not (has_face and has_face[-1]):
-                result, last_timestamp = reread_acquired(landmarker, image, result, timestamp)
-            has_face.append(found)
-            if found:
-                landmarks = landmarks_to_pixels(result.face_landmarks[0], width, height)
+            result = landmarker.detect_for_video(mp_image(frame), timestamp)
+            faces = [landmarks_to_pixels(face, width, height) for face in result.face_landmarks]
+            most_faces = max(most_faces, len(faces))
+            chosen = followed_face([landmark_box(f) for f in faces], last_box, index - last_seen, fps) if faces else None
+            has_face.append(chosen is not None)
+            if chosen is not None:
+                landmarks = faces[chosen]
+                last_box, last_seen = landmark_box(landmarks), index
                 landmark_sets.append(landmarks)
-                blendshapes.append(blendshape_scores(result.face_blendshapes[0]))
+                blendshapes.append(blendshape_scores(result.face_blendshapes[chosen]))
                 transforms.append(
-                    np.asarray(result.facial_transformation_matrixes[0], np.float64).reshape(4, 4)
+                    np.asarray(result.facial_transformation_matrixes[chosen], np.float64).reshape(4, 4)
                 )
                 widths.append(float(np.ptp(landmarks[:, 0])))
             if progress is not None and index % PROGRESS_EVERY == 0:
@@ -351,6 +357,8 @@ def track_video(
     rotations = unwrap_rotvecs(matrix_to_axis_angle(reference @ axis_angle_to_matrix(relative_smooth)))
 
     warnings: list[str] = []
+    if most_faces > 1:
+        warnings.append(f"{name}: up to {most_faces} faces in a frame; following the one that was largest where a face was first found")
     missing = num_frames - len(tracked)
     if missing:
         warnings.append(
