@@ -1,16 +1,16 @@
 """``python -m flexavatar eval --motion``: expression and motion fidelity, measured in closed loop.
 
 Each reenactment is re-tracked with the project's own MediaPipe landmarker
-(:func:`flexavatar.tracking.track_video`, no smoothing) and compared with the raw tracking of
-its driver, frame by frame:
+(:func:`flexavatar.tracking.track_video`, each frame read on its own, no smoothing) and compared
+with the raw tracking of its driver, frame by frame:
 
 * **AED_rel**: mean absolute difference of the 51 MediaPipe expression scores (its 52 minus
   ``_neutral``), each relative to its frame 0 (relative motion transfers changes, not levels).
 * **r** per key blendshape (:data:`KEY_BLENDSHAPES`): Pearson correlation of output and driver
   over time, only where the driver moves it: its score's std is at least :data:`MOVING_STD` and
   the movement is the face's, not the tracker's (:func:`driver_reliability`: the driver tracked
-  a second time, frame by frame in IMAGE mode, agrees with its VIDEO-mode track to r >=
-  :data:`MIN_RELIABILITY`); "-" otherwise: the correlation with tracker noise is noise.
+  a second time, in MediaPipe's VIDEO mode with its own landmark filter, agrees with its track to
+  r >= :data:`MIN_RELIABILITY`); "-" otherwise: the correlation with tracker noise is noise.
   ``r_key`` is their mean. (examples/driving.mp4 is scripted: jaw, lips and one blink; its
   smile, brow and pucker scores move 0.03-0.05 with the jaw and the head turn, and a second
   tracking of the same frames reproduces them only to r 0.3-0.7.)
@@ -39,6 +39,7 @@ AED moved by 0.0014 median, 0.005 at most; r_key by a standard deviation of 0.01
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import tempfile
@@ -49,12 +50,12 @@ import numpy as np
 from PIL import Image
 
 from flexavatar import pipeline
-from flexavatar.closed_loop import retrack
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
 from flexavatar.images import read_image
 from flexavatar.motion import LIP_CLOSED_GAP, LIP_OPEN_GAP
 from flexavatar.rotations import rotation_angle_deg
 from flexavatar.tracking import track_video
+from flexavatar.tracking.detect import blendshape_scores, close_task, create_landmarker, mp_image
 from flexavatar.train import media_dir
 from flexavatar.video import iter_frames
 
@@ -66,7 +67,7 @@ KEY_BLENDSHAPES = ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft",
                    "browInnerUp", "browDown", "mouthPucker", "mouthFunnel")  # fmt: skip
 #: A key blendshape counts for r only where the driver's score moves at least this much (std)...
 MOVING_STD = 0.03
-#: ...and where two trackings of the driver's frames (VIDEO and IMAGE mode) agree to this r: below
+#: ...and where two trackings of the driver's frames (frame by frame, and VIDEO mode) agree to this r: below
 #: it the score's movement is mostly the tracker's own noise, and no output can correlate with it
 #: much better than sqrt(this): r >= 0.85 is out of reach.
 MIN_RELIABILITY = 0.8
@@ -96,27 +97,33 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 1e-12 else 0.0
 
 
-def image_mode_scores(clip, max_frames: int | None = None) -> np.ndarray:
-    """[T,52] MediaPipe scores of every frame of ``clip`` tracked on its own (IMAGE mode, no
-    state carried between frames, :func:`flexavatar.closed_loop.retrack`; column 0, ``_neutral``,
-    is 0); NaN rows where no face is found."""
-    frames = iter_frames(clip, max_frames=max_frames)
+def filtered_video_scores(clip, max_frames: int | None = None) -> np.ndarray:
+    """[T,52] MediaPipe scores of ``clip`` tracked a second way: VIDEO mode with one face, where
+    MediaPipe carries the face between frames and passes its landmarks through its own causal
+    One Euro filter before the blendshapes (:func:`~flexavatar.tracking.track_video` reads each
+    frame on its own); NaN rows where no face is found."""
+    landmarker = create_landmarker(video=True, num_faces=1)
+    rows = []
     try:
-        scores = [retrack(frame[None])[0] for frame in frames]  # one frame in memory at a time
+        with contextlib.closing(iter_frames(clip, max_frames=max_frames)) as frames:
+            for index, frame in enumerate(frames):
+                result = landmarker.detect_for_video(mp_image(frame), 1 + index * 33)
+                found = bool(result.face_blendshapes)
+                rows.append(blendshape_scores(result.face_blendshapes[0]) if found else np.full(52, np.nan))
     finally:
-        frames.close()
-    scores = np.concatenate(scores) if scores else np.zeros((0, 51))
-    return np.concatenate([np.zeros((len(scores), 1)), scores], axis=1)
+        close_task(landmarker)
+    return np.array(rows, np.float64).reshape(-1, 52)
 
 
-def driver_reliability(driver, image_scores: np.ndarray) -> dict[str, float]:
+def driver_reliability(driver, second_scores: np.ndarray) -> dict[str, float]:
     """{key name: r} the test-retest reliability of each key score of the driver: Pearson r of its
-    VIDEO-mode track (``driver``, a :class:`~flexavatar.tracking.VideoTrack`) and its IMAGE-mode
-    scores [T,52] (:func:`image_mode_scores`) over the frames both found a face in."""
-    frames = min(driver.frame_count, len(image_scores))
-    both = driver.has_face[:frames] & ~np.isnan(image_scores[:frames]).any(1)
-    video, image = key_scores(driver.blendshapes[:frames][both]), key_scores(image_scores[:frames][both])
-    return {name: pearson(video[name], image[name]) if both.sum() > 2 else 0.0 for name in KEY_BLENDSHAPES}
+    track (``driver``, a :class:`~flexavatar.tracking.VideoTrack`, each frame read on its own) and
+    a second tracking's scores [T,52] (:func:`filtered_video_scores`) over the frames both found a
+    face in."""
+    frames = min(driver.frame_count, len(second_scores))
+    both = driver.has_face[:frames] & ~np.isnan(second_scores[:frames]).any(1)
+    first, second = key_scores(driver.blendshapes[:frames][both]), key_scores(second_scores[:frames][both])
+    return {name: pearson(first[name], second[name]) if both.sum() > 2 else 0.0 for name in KEY_BLENDSHAPES}
 
 
 def motion_metrics(driver, output, reliability: dict[str, float] | None = None) -> dict:
@@ -225,7 +232,7 @@ def motion_table(model, photos, clips, max_seconds: float = 10.0, self_reenact: 
     for clip in clips:
         fps = track_video(clip, max_frames=1).fps
         driver = track_video(clip, smoothing=0.0, max_frames=max(1, int(max_seconds * fps)))
-        reliability = driver_reliability(driver, image_mode_scores(clip, driver.frame_count))
+        reliability = driver_reliability(driver, filtered_video_scores(clip, driver.frame_count))
         sources = [("self", first_frame(clip))] if self_reenact else []
         sources += [(Path(p).name, p) for p in photos]
         for name, photo in sources:
@@ -269,7 +276,7 @@ def format_table(rows: list[dict]) -> str:
                                                                in row["aed_parts"]) for row in with_parts]  # fmt: skip
     clips = {row["clip"]: row for row in rows if f"reliability_{KEY_BLENDSHAPES[0]}" in row}
     for clip, row in clips.items():
-        lines.append(f"\n{clip}: driver reliability (VIDEO vs IMAGE mode r) "
+        lines.append(f"\n{clip}: driver reliability (frame by frame vs VIDEO mode r) "
                      + " ".join(f"{k} {row[f'reliability_{k}']:.2f}" for k in KEY_BLENDSHAPES))  # fmt: skip
     if any(f"{REENCODED_FIGURES[0]}_reencoded" in row for row in rows):
         floor = noise_floor(rows)
