@@ -80,6 +80,7 @@ def reread_acquired(landmarker, image, result, timestamp_ms: int):
         result = again
     return result, timestamp_ms
 
+
 @dataclass
 class LiveFrame:
     """One processed camera frame.

@@ -22,7 +22,8 @@ from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES, mediapipe_to
 
 #: A face narrower than this (landmark box, source pixels) is refused: too little detail to fit.
 MIN_FACE_PX = 48
-#: Faces looked for in IMAGE mode (the largest is used, the others give a warning).
+#: Faces looked for: in a photo the largest is used (the others give a warning); in a video, see
+#: :func:`video_landmarker` and :func:`~flexavatar.tracking.video_track.followed_face`.
 MAX_FACES = 5
 #: The person mask is computed at most at this size (long side) and resized up: it is coarse anyway.
 MASK_MAX_SIDE = 512
