@@ -303,7 +303,7 @@ def closed_loop_expressions(model, avatar: Avatar, expressions: np.ndarray, rest
     camera frame) for the cameras to take out: :data:`~flexavatar.motion.POSE_BIAS_SHRINK` of the
     head rotation MediaPipe sees in the uncorrected expressions (as :func:`measured_pose_bias`),
     plus all of what the correction changes of it (it is the correction's, not the driver's).
-    2 x 17 renders and re-trackings (~2 s on 2 CPU cores)."""
+    3 x 17 renders and re-trackings (~2-3 s on 2 CPU cores): the last for the pose of the final step."""
     expressions = np.asarray(expressions, np.float64)
     rest = np.asarray(rest, np.float64)
     chosen = sample_frames(expressions, rest, samples)
@@ -320,14 +320,14 @@ def closed_loop_expressions(model, avatar: Avatar, expressions: np.ndarray, rest
     original, corrected = expressions[chosen], expressions[chosen].copy()
     raised = np.zeros_like(corrected)  # [K,57] what the rounds have raised so far
     limits = ict_limits(calibration)
-    first_gaps = previous = first_rotations = rotations = None
+    first_gaps = previous = first_rotations = rotations = measured = None
     for _ in range(rounds):
         codes = np.concatenate([rest[None], corrected])
         scores, seen_rotations, gaps = retrack(render_expressions(model, avatar, codes), with_lip_gaps=True)
         scores = scores[:, columns]
         if np.isnan(scores[0]).any():  # the rest is lost: nothing to measure against
             break
-        rotations = seen_rotations  # of the last round whose rest was tracked
+        rotations, measured = seen_rotations, corrected.copy()  # of the last round whose rest was tracked
         first_rotations = rotations if first_rotations is None else first_rotations
         gaps = np.nan_to_num(gaps[1:])
         first_gaps = gaps if first_gaps is None else first_gaps
@@ -351,6 +351,11 @@ def closed_loop_expressions(model, avatar: Avatar, expressions: np.ndarray, rest
         before = corrected
         corrected = np.clip(corrected + scores_to_ict(step, names, np.zeros(NUM_EXPRESSIONS), gains), 0.0, limits)
         raised += np.maximum(corrected - before, 0.0)
+    if rotations is not None and not np.array_equal(corrected, measured):
+        # the last round's step was never seen: the pose the cameras take out is that of what is
+        # rendered (single_face.jpg x single_face.mp4: the step pitched the smiles by a further 0.6 deg)
+        final_rotations = retrack(render_expressions(model, avatar, np.concatenate([rest[None], corrected])))[1]
+        rotations = final_rotations if not np.isnan(final_rotations[0]).any() else rotations
     sample_codes = np.concatenate([rest[None], original])
     change = np.concatenate([np.zeros((1, NUM_EXPRESSIONS)), corrected - original])
     out = np.clip(expressions + blend_samples(expressions, sample_codes, change), 0.0, limits).astype(np.float32)

@@ -357,7 +357,8 @@ def reenact(
     :class:`~flexavatar.motion.MotionCalibration`, used as is, or its file (default: the shipped
     one), then fitted to the avatar's own responses (:func:`~flexavatar.motion.calibration_for_avatar`).
     The clip's expressions are then corrected on the avatar in closed loop (16 sampled frames
-    rendered and re-tracked twice, :func:`~flexavatar.closed_loop.closed_loop_expressions`).
+    rendered and re-tracked twice, and once more for the head rotation of the result,
+    :func:`~flexavatar.closed_loop.closed_loop_expressions`).
     """
     model = _as_model(model)
     resolution = _check_resolution(resolution)

@@ -640,13 +640,19 @@ def test_closed_loop_correction_brings_the_renders_closer_to_the_driver(model, a
     steered = np.isin(parts, closed_loop.CORRECTION_PARTS) & calibration.informative
     columns = [MEDIAPIPE_BLENDSHAPE_NAMES.index(n) - 1 for n in names]
     misses = {}
+    seen_rotation = {}
     for name, codes in (("plain", plain), ("corrected", corrected)):
-        scores, _, gaps = closed_loop.retrack(closed_loop.render_expressions(model, astronaut, np.concatenate([rest[None], codes[chosen]])),
-                                              with_lip_gaps=True)  # fmt: skip
+        scores, rotations, gaps = closed_loop.retrack(closed_loop.render_expressions(model, astronaut, np.concatenate([rest[None], codes[chosen]])),
+                                                      with_lip_gaps=True)  # fmt: skip
+        seen_rotation[name] = matrix_to_axis_angle(rotations @ np.swapaxes(rotations[0], -1, -2))[1:]
         seen = scores[1:, columns] - scores[0, columns]
         misses[name] = np.abs(seen - targets[chosen])[:, steered].mean()
         misses[name + " gaps"] = gaps[1:]
     assert misses["corrected"] < 0.85 * misses["plain"], misses
+    # the cameras take out a share of the rotation the plain expressions re-track with, and all that
+    # the correction adds, as re-tracked on what is rendered (the last round's step included)
+    expected = POSE_BIAS_SHRINK * seen_rotation["plain"] + (seen_rotation["corrected"] - seen_rotation["plain"])
+    assert np.degrees(np.abs(bias[chosen] - expected)).max() < 0.1, np.degrees(bias[chosen] - expected)
     # raised only where the driver shows the score (a sample frame takes its own correction whole)
     weights = {k: closed_loop.ict_to_scores(v[chosen], names, calibration.shape_gains) for k, v in (("plain", plain), ("corrected", corrected))}
     raised = (weights["corrected"] > weights["plain"] + 1e-4) & steered
