@@ -276,12 +276,13 @@ def track_video(
             last_timestamp = timestamp
             result = landmarker.detect_for_video(mp_image(frame), timestamp)
             faces = [landmarks_to_pixels(face, width, height) for face in result.face_landmarks]
+            boxes = [landmark_box(face) for face in faces]
             most_faces = max(most_faces, len(faces))
-            chosen = followed_face([landmark_box(f) for f in faces], last_box, index - last_seen, fps) if faces else None
+            chosen = followed_face(boxes, last_box, index - last_seen, fps) if faces else None
             has_face.append(chosen is not None)
             if chosen is not None:
                 landmarks = faces[chosen]
-                last_box, last_seen = landmark_box(landmarks), index
+                last_box, last_seen = boxes[chosen], index
                 landmark_sets.append(landmarks)
                 blendshapes.append(blendshape_scores(result.face_blendshapes[chosen]))
                 transforms.append(
