@@ -52,12 +52,13 @@ from PIL import Image
 from flexavatar import pipeline
 from flexavatar.head.blendshapes import MEDIAPIPE_BLENDSHAPE_NAMES
 from flexavatar.images import read_image
+from flexavatar.live import reread_acquired
 from flexavatar.motion import LIP_CLOSED_GAP, LIP_OPEN_GAP
 from flexavatar.rotations import rotation_angle_deg
 from flexavatar.tracking import track_video
 from flexavatar.tracking.detect import blendshape_scores, close_task, create_landmarker, mp_image
 from flexavatar.train import media_dir
-from flexavatar.video import iter_frames
+from flexavatar.video import iter_frames, probe_video
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLIC_PHOTOS = ("astronaut.png", "single_face.jpg", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg")
@@ -102,13 +103,21 @@ def filtered_video_scores(clip, max_frames: int | None = None) -> np.ndarray:
     MediaPipe carries the face between frames and passes its landmarks through its own causal
     One Euro filter before the blendshapes (:func:`~flexavatar.tracking.track_video` reads each
     frame on its own); NaN rows where no face is found."""
+    info = probe_video(clip)
+    fps = float(info.fps) if info.fps and info.fps > 0 else 30.0
     landmarker = create_landmarker(video=True, num_faces=1)
-    rows = []
+    rows, last_timestamp, tracked = [], -1, False
     try:
-        with contextlib.closing(iter_frames(clip, max_frames=max_frames)) as frames:
+        with contextlib.closing(iter_frames(info, max_frames=max_frames)) as frames:
             for index, frame in enumerate(frames):
-                result = landmarker.detect_for_video(mp_image(frame), 1 + index * 33)
+                # the clip's own frame times: MediaPipe's filter is time-based
+                timestamp = max(int(round(index * 1000.0 / fps)), last_timestamp + 1)
+                image = mp_image(frame)
+                result = landmarker.detect_for_video(image, timestamp)
                 found = bool(result.face_blendshapes)
+                if found and not tracked:  # read as the tracker reads the next frames, as live does
+                    result, timestamp = reread_acquired(landmarker, image, result, timestamp)
+                last_timestamp, tracked = timestamp, found
                 rows.append(blendshape_scores(result.face_blendshapes[0]) if found else np.full(52, np.nan))
     finally:
         close_task(landmarker)
